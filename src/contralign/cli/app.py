@@ -1,0 +1,38 @@
+"""The ``contralign`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from contralign.cli import common, demo, encode, evaluate, search, train
+
+app = typer.Typer(
+    name="contralign",
+    help="Contrastive representation alignment: train, evaluate, encode and search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
+) -> None:
+    common.VERBOSE["on"] = verbose
+
+
+app.command("demo")(demo.demo_command)
+app.command("train")(train.train_command)
+app.command("encode")(encode.encode_command)
+app.command("eval")(evaluate.eval_command)
+app.command("index")(search.index_command)
+app.command("search")(search.search_command)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Protocols, errors, safe I/O, distributed helpers and the config base."""

@@ -1,0 +1,1 @@
+"""Data: readers, column roles, validation and batching."""

@@ -1,0 +1,8 @@
+"""Towers: encoders that turn raw items into embeddings ``(B, D)``."""
+
+from __future__ import annotations
+
+from contralign.encoders.pooling import POOLING_MODES, PoolingMode, pool
+from contralign.encoders.protocol import Tower
+
+__all__ = ["POOLING_MODES", "PoolingMode", "Tower", "pool"]

@@ -1,0 +1,179 @@
+"""``TextEncoder``: a transformers model with pooling, an optional projection head and
+optional normalisation, saved as a sentence-transformers folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contralign.core.errors import ModelNotFoundError
+from contralign.core.io import atomic_directory
+from contralign.encoders.folder import (
+    TextEncoderConfig,
+    load_head,
+    read_folder_config,
+    weights_fingerprint,
+    write_contralign_file,
+    write_st_layout,
+)
+from contralign.encoders.pooling import pool
+from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolve_model
+
+# Above this many texts, encode() shows a progress bar unless told otherwise.
+PROGRESS_THRESHOLD = 1000
+
+
+class TextEncoder(nn.Module):
+    """A text tower: tokenizer + transformers model + pooling (+ head) (+ L2 normalisation).
+
+    Args:
+        model: a transformers ``PreTrainedModel`` whose output has ``last_hidden_state``.
+        tokenizer: the matching (fast) tokenizer.
+        config: pooling, normalisation, maximum length and head size.
+        head: an optional linear projection ``hidden -> projection_dim``.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, config: TextEncoderConfig, head: nn.Linear | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        if head is None and config.projection_dim is not None:
+            head = nn.Linear(model.config.hidden_size, config.projection_dim, bias=False)
+        self.head = head
+
+    @property
+    def dim(self) -> int:
+        return self.head.out_features if self.head is not None else self.model.config.hidden_size
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        *,
+        trust_remote_code: bool = False,
+        **overrides: Any,
+    ) -> TextEncoder:
+        """Load a local folder, an installed model package, or a hub id (see DESIGN.md).
+
+        ``overrides`` replace folder settings: ``pooling``, ``normalize``, ``max_length``,
+        ``projection_dim``.
+
+        Raises:
+            ModelNotFoundError: nothing loadable under that name (one-line message).
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        source = resolve_model(name_or_path)
+        folder = Path(source)
+        config, has_head = (
+            read_folder_config(folder) if folder.is_dir() else (TextEncoderConfig(), False)
+        )
+        head = load_head(folder) if has_head else None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(
+                source, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError, EnvironmentError) as err:
+            if folder.is_dir():
+                raise ModelNotFoundError(f"model: {source}: cannot load ({err})") from None
+            raise ModelNotFoundError(not_found_message(name_or_path)) from None
+        if overrides:
+            if "projection_dim" in overrides and overrides["projection_dim"] != config.projection_dim:
+                head = None  # a new head size means a new, freshly initialised head
+            config = dataclasses.replace(config, **overrides)
+        return cls(model, tokenizer, config, head)
+
+    # --- Tower protocol -------------------------------------------------------------------
+
+    def preprocess(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Tokenize, pad to the longest and truncate to ``max_length``."""
+        return dict(self.tokenizer(
+            list(texts), padding=True, truncation=True,
+            max_length=self.config.max_length, return_tensors="pt",
+        ))
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Embed a tokenized batch: ``(B, D)``."""
+        output = self.model(**batch)
+        embeddings = pool(output.last_hidden_state, batch["attention_mask"], self.config.pooling)
+        if self.head is not None:
+            embeddings = self.head(embeddings)  # (B, projection_dim)
+        if self.config.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return embeddings
+
+    # --- inference ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
+    ) -> np.ndarray:
+        """Embed texts as a float32 array ``(N, D)`` in input order.
+
+        Texts are tokenized once, sorted by token count and batched, so each batch pads little.
+        """
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        lengths = [len(ids) for ids in self.tokenizer(
+            texts, truncation=True, max_length=self.config.max_length,
+            add_special_tokens=True)["input_ids"]]
+        order = np.argsort([-n for n in lengths], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        show = len(texts) > PROGRESS_THRESHOLD if show_progress is None else show_progress
+        starts = range(0, len(texts), batch_size)
+        for start in _progress(starts, show, "Encoding"):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.preprocess([texts[i] for i in idx]).items()}
+            out[idx] = self(batch).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """A hash of the weights and settings: two encoders with equal fingerprints embed alike."""
+        state = {f"w.{k}": v for k, v in self.state_dict().items()}
+        return f"{weights_fingerprint(state)}-{hash_config(self.config)}"
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write a sentence-transformers folder (safetensors) plus ``contralign.json``, atomically."""
+        with atomic_directory(path) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_st_layout(tmp, self.config, self.model.config.hidden_size, self.head)
+            write_contralign_file(tmp, self.config,
+                                  {"fingerprint": self.fingerprint(), **(extra or {})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> TextEncoder:
+        return cls.from_pretrained(str(path))
+
+
+def hash_config(config: TextEncoderConfig) -> str:
+    import hashlib
+
+    text = repr(sorted(dataclasses.asdict(config).items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _progress(items: range, show: bool, label: str) -> Any:
+    if not show:
+        return items
+    from rich.progress import track
+
+    return track(items, description=label, transient=True)

@@ -1,0 +1,148 @@
+"""In-batch-negative InfoNCE (van den Oord et al. 2018, arXiv:1807.03748), as used by SimCSE
+(arXiv:2104.08821), CLIP (arXiv:2103.00020) and sentence-transformers' MultipleNegativesRankingLoss.
+
+The core is one softmax cross-entropy between similarity logits and the diagonal target; a mask
+removes false negatives: a candidate that is the same as the row's positive (same text or same
+label) is never used as a negative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
+MAX_LOGIT_SCALE = 100.0
+
+
+def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
+    """``(B, M)`` bool: True where candidate j equals row i's positive but is not its target.
+
+    Args:
+        row_ids: ``(B,)`` integer id of each row's positive (a text hash or a label).
+        candidate_ids: ``(M,)`` ids of the candidates; candidate i is row i's target.
+    """
+    same = row_ids[:, None] == candidate_ids[None, :]  # (B, M)
+    target = torch.zeros_like(same)
+    target[:, : row_ids.shape[0]] = torch.eye(row_ids.shape[0], dtype=torch.bool,
+                                              device=row_ids.device)
+    return same & ~target
+
+
+def _one_direction(
+    query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None
+) -> Tensor:
+    logits = scale * query @ candidates.T  # (B, M); target of row i is column i
+    if mask is not None:
+        logits = logits.masked_fill(mask, float("-inf"))
+    target = torch.arange(query.shape[0], device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor,
+    *,
+    negatives: Tensor | None = None,
+    temperature: float | Tensor = 0.05,
+    symmetric: bool = False,
+    normalize: bool = True,
+    query_ids: Tensor | None = None,
+    key_ids: Tensor | None = None,
+    negative_ids: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE with in-batch negatives and optional hard negatives.
+
+    Row i of ``query`` is scored against every key and every hard negative in the batch
+    (``B + B·K`` candidates); its target is key i.
+
+    Args:
+        query: ``(B, D)`` anchors.
+        key: ``(B, D)`` positives.
+        negatives: ``(B, K, D)`` hard negatives, shared by all rows as extra candidates.
+        temperature: softmax temperature τ (logits are ``cos / τ``); a tensor for a learned one.
+        symmetric: also the key → query direction (CLIP); the loss is the mean of both.
+        normalize: compare by cosine (L2-normalise first) rather than by dot product.
+        query_ids: ``(B,)`` ids of the anchors (text hash or label), masks the reverse direction.
+        key_ids: ``(B,)`` ids of the positives; candidates with the same id are masked.
+        negative_ids: ``(B, K)`` ids of the hard negatives.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: mismatched shapes.
+    """
+    if query.shape != key.shape or query.dim() != 2:
+        raise ValueError(f"info_nce: query {tuple(query.shape)} and key {tuple(key.shape)} "
+                         "must both be (B, D)")
+    if negatives is not None and (negatives.dim() != 3 or negatives.shape[0] != query.shape[0]):
+        raise ValueError(f"info_nce: negatives {tuple(negatives.shape)} must be (B, K, D)")
+    if normalize:
+        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+        negatives = F.normalize(negatives, dim=-1) if negatives is not None else None
+    scale = 1.0 / temperature
+    candidates = key if negatives is None else torch.cat([key, negatives.flatten(0, 1)])  # (M, D)
+    mask = None
+    if key_ids is not None:
+        candidate_ids = key_ids
+        if negatives is not None:
+            if negative_ids is None:
+                raise ValueError("info_nce: key_ids given with negatives needs negative_ids too")
+            candidate_ids = torch.cat([key_ids, negative_ids.flatten()])
+        mask = duplicate_mask(key_ids, candidate_ids)
+    loss = _one_direction(query, candidates, scale, mask)
+    if not symmetric:
+        return loss
+    reverse_mask = duplicate_mask(query_ids, query_ids) if query_ids is not None else None
+    return (loss + _one_direction(key, query, scale, reverse_mask)) / 2
+
+
+class InfoNCELoss(nn.Module):
+    """``info_nce`` with its temperature as a fixed value or a learned parameter.
+
+    A learned temperature is kept as a log logit scale, ``log(1/τ)``, clamped at
+    ``log(100)`` as in CLIP (arXiv:2103.00020).
+
+    Args:
+        temperature: τ, or its initial value when learned. SimCSE uses 0.05.
+        learnable_temperature: learn τ with the encoder.
+        symmetric: add the key → query direction.
+
+    Raises:
+        ValueError: a temperature that is not positive.
+    """
+
+    def __init__(
+        self, temperature: float = 0.05, learnable_temperature: bool = False,
+        symmetric: bool = False,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"info_nce: temperature must be > 0, got {temperature}")
+        self.symmetric = symmetric
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def temperature(self) -> Tensor:
+        if isinstance(self.log_scale, nn.Parameter):
+            return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        return 1.0 / self.log_scale.exp()
+
+    def forward(
+        self, query: Tensor, key: Tensor, negatives: Tensor | None = None,
+        query_ids: Tensor | None = None, key_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
+    ) -> Tensor:
+        return info_nce(
+            query, key, negatives=negatives, temperature=self.temperature,
+            symmetric=self.symmetric, query_ids=query_ids, key_ids=key_ids,
+            negative_ids=negative_ids,
+        )
