@@ -24,7 +24,7 @@ class DataConfig(StrictConfig):
     format: DataFormat = "auto"
     columns: dict[str, str] = {}
     on_bad_record: Literal["error", "skip"] = "error"
-    rejects: str | None = None  # default: <path>.rejects.jsonl next to the run directory
+    rejects: str | None = None  # default: <run dir, else cwd>/<file stem>.rejects.jsonl
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class InfoNCELoss(nn.Module):
         symmetric: add the key → query direction.
 
     Raises:
-        ValueError: a temperature that is not positive.
+        ValueError: a temperature that is not positive and finite (NaN included).
     """
 
     def __init__(
@@ -121,8 +121,8 @@ class InfoNCELoss(nn.Module):
         symmetric: bool = False,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"info_nce: temperature must be > 0, got {temperature}")
+        if not 0 < temperature < math.inf:  # also rejects NaN, which compares False to anything
+            raise ValueError(f"info_nce: temperature must be finite and > 0, got {temperature}")
         self.symmetric = symmetric
         log_scale = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
