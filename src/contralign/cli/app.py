@@ -20,6 +20,7 @@ def _options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks on errors."),
 ) -> None:
     common.VERBOSE["on"] = verbose
+    common.quiet_libraries()
 
 
 app.command("demo")(demo.demo_command)

@@ -47,3 +47,29 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """``"anchor=title,positive=abstract"`` -> ``{"anchor": "title", "positive": "abstract"}``."""
+    from contralign.core.errors import ConfigError
+
+    if not spec:
+        return {}
+    columns = {}
+    for item in spec.split(","):
+        role, sep, column = item.partition("=")
+        if not sep or not role.strip() or not column.strip():
+            raise ConfigError(f"--columns: {item!r}: expected role=column")
+        columns[role.strip()] = column.strip()
+    return columns
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' own progress bars and warnings out of our output."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

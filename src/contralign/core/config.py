@@ -47,7 +47,7 @@ def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    """Parse ``key=value`` strings; values are read as YAML scalars (``1e-4``, ``true``, ``[a]``)."""
+    """Parse ``key=value`` strings; values are YAML scalars (``1e-4``, ``true``, ``[a]``)."""
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")

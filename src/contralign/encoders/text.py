@@ -84,12 +84,13 @@ class TextEncoder(nn.Module):
             model = AutoModel.from_pretrained(
                 source, use_safetensors=True, trust_remote_code=trust_remote_code
             )
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             if folder.is_dir():
                 raise ModelNotFoundError(f"model: {source}: cannot load ({err})") from None
             raise ModelNotFoundError(not_found_message(name_or_path)) from None
         if overrides:
-            if "projection_dim" in overrides and overrides["projection_dim"] != config.projection_dim:
+            new_dim = overrides.get("projection_dim", config.projection_dim)
+            if new_dim != config.projection_dim:
                 head = None  # a new head size means a new, freshly initialised head
             config = dataclasses.replace(config, **overrides)
         return cls(model, tokenizer, config, head)
@@ -151,7 +152,7 @@ class TextEncoder(nn.Module):
         return f"{weights_fingerprint(state)}-{hash_config(self.config)}"
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write a sentence-transformers folder (safetensors) plus ``contralign.json``, atomically."""
+        """Write a sentence-transformers folder (safetensors) + ``contralign.json``, atomically."""
         with atomic_directory(path) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)

@@ -20,7 +20,8 @@ def build_objective(name: str, params: dict[str, Any]) -> nn.Module:
         ValueError: an unknown name or parameter.
     """
     if name not in OBJECTIVES:
-        raise ValueError(f"objective: unknown name {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+        known = ", ".join(sorted(OBJECTIVES))
+        raise ValueError(f"objective: unknown name {name!r}; known: {known}")
     try:
         return OBJECTIVES[name](**params)
     except TypeError as err:

@@ -1,0 +1,101 @@
+"""Semantic textual similarity: rank correlation between cosine similarity and gold scores.
+
+As reported in the STS literature (e.g. Sentence-BERT, arXiv:1908.10084; SimCSE,
+arXiv:2104.08821): Spearman and Pearson correlation x 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+from contralign.evaluation.protocol import Encoder, PairRecord, encode_unique, record_pairs
+from contralign.index.exact import l2_normalize
+
+
+def cosine_pairs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of ``x (N, D)`` and ``y (N, D)``: ``(N,)`` float64."""
+    x = l2_normalize(np.asarray(x, dtype=np.float64))
+    y = l2_normalize(np.asarray(y, dtype=np.float64))
+    return np.einsum("nd,nd->n", x, y)
+
+
+def sts_correlations(x: np.ndarray, y: np.ndarray, scores: Sequence[float]) -> dict[str, float]:
+    """Spearman and Pearson correlation (x 100) of ``cos(x_i, y_i)`` with ``scores``.
+
+    Args:
+        x: ``(N, D)`` embeddings of the first sentences.
+        y: ``(N, D)`` embeddings of the second sentences.
+        scores: ``N`` gold similarity scores (any scale: correlations ignore it).
+
+    Returns:
+        ``{"spearman": ..., "pearson": ...}``.
+    """
+    similarity = cosine_pairs(x, y)
+    gold = np.asarray(scores, dtype=np.float64)
+    spearman = stats.spearmanr(similarity, gold).statistic
+    pearson = stats.pearsonr(similarity, gold).statistic
+    return {"spearman": 100.0 * float(spearman), "pearson": 100.0 * float(pearson)}
+
+
+class STSEvaluator:
+    """Spearman/Pearson (x 100) of cosine similarity against gold scores; primary ``spearman``.
+
+    Each distinct sentence is embedded once, even when it occurs in many pairs.
+
+    Args:
+        sentences1: ``N`` first sentences.
+        sentences2: ``N`` second sentences.
+        scores: ``N`` gold scores.
+        name: prefix for ``evaluate_all`` (``sts/spearman``).
+        batch_size: passed to ``encoder.encode``.
+
+    Raises:
+        ValueError: lengths differ, fewer than 2 pairs, or the scores are constant.
+    """
+
+    primary = "spearman"
+
+    def __init__(
+        self,
+        sentences1: Sequence[str],
+        sentences2: Sequence[str],
+        scores: Sequence[float],
+        name: str = "sts",
+        batch_size: int = 32,
+    ) -> None:
+        if not len(sentences1) == len(sentences2) == len(scores):
+            raise ValueError(
+                f"sentences1 ({len(sentences1)}), sentences2 ({len(sentences2)}) and scores "
+                f"({len(scores)}) differ in length"
+            )
+        if len(scores) < 2:
+            raise ValueError(f"STS needs at least 2 pairs (got {len(scores)})")
+        if len(set(scores)) < 2:
+            raise ValueError("scores: all equal, so no correlation is defined")
+        self.sentences1 = list(sentences1)
+        self.sentences2 = list(sentences2)
+        self.scores = [float(s) for s in scores]
+        self.name = name
+        self.batch_size = batch_size
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]:
+        """Embed the sentences with ``encoder`` and return ``{"spearman", "pearson"}``."""
+        n = len(self.scores)
+        embeddings, index = encode_unique(encoder, self.sentences1 + self.sentences2,
+                                          self.batch_size)
+        return sts_correlations(embeddings[index[:n]], embeddings[index[n:]], self.scores)
+
+
+def sts_from_records(
+    records: Sequence[PairRecord], name: str = "sts", batch_size: int = 32
+) -> STSEvaluator:
+    """An ``STSEvaluator`` over records with ``anchor``, ``positive`` and ``score``.
+
+    Raises:
+        ValueError: a record lacks a positive or a score (the message names its line).
+    """
+    anchors, positives, scores = record_pairs(records, with_score=True)
+    return STSEvaluator(anchors, positives, scores, name=name, batch_size=batch_size)

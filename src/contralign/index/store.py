@@ -1,0 +1,241 @@
+"""Index persistence: a folder of embeddings, items and metadata, and search over it.
+
+Folder layout (written atomically, see ``contralign.core.io.atomic_directory``)::
+
+    DIR/embeddings.npy   float32 (N, D), plain .npy (no pickle)
+    DIR/items.jsonl      one {"id": ..., "text": ...} per line, in row order
+    DIR/index.json       fingerprint, model name, dim, count, created, similarity, format
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from contralign.core.errors import ContralignError
+from contralign.core.io import atomic_directory
+from contralign.index.exact import VectorIndex, as_matrix
+from contralign.index.faiss_backend import Backend, build_index
+
+EMBEDDINGS_FILE = "embeddings.npy"
+ITEMS_FILE = "items.jsonl"
+META_FILE = "index.json"
+FORMAT_VERSION = 1
+
+
+class QueryEncoder(Protocol):
+    """What ``SearchIndex.search`` needs from an encoder (``TextEncoder`` has both)."""
+
+    def encode(self, texts: list[str], batch_size: int) -> np.ndarray: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the item's id and text, and its cosine similarity to the query."""
+
+    id: str
+    text: str
+    score: float
+
+
+def save_index(
+    directory: str | Path,
+    vectors: np.ndarray,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    model_fingerprint: str,
+    model_name: str,
+) -> Path:
+    """Write an index folder atomically: a kill leaves the old folder (or none), never half.
+
+    Args:
+        directory: the folder to create or replace.
+        vectors: ``(N, D)`` embeddings of ``texts``, stored as float32.
+        ids: ``N`` distinct item ids.
+        texts: ``N`` item texts.
+        model_fingerprint: ``encoder.fingerprint()`` of the model that embedded ``texts``.
+        model_name: the model's name or path, for messages.
+
+    Returns:
+        The folder path.
+
+    Raises:
+        ValueError: lengths disagree, ids repeat, or ``vectors`` is not a finite 2-D array.
+    """
+    matrix = as_matrix(vectors, "vectors")
+    if not len(ids) == len(texts) == len(matrix):
+        raise ValueError(
+            f"vectors ({len(matrix)}), ids ({len(ids)}) and texts ({len(texts)}) differ in length"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids: must be distinct")
+    meta = {
+        "format": FORMAT_VERSION,
+        "fingerprint": model_fingerprint,
+        "model_name": model_name,
+        "dim": int(matrix.shape[1]),
+        "count": int(matrix.shape[0]),
+        "similarity": "cosine",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_directory(directory) as tmp:
+        np.save(tmp / EMBEDDINGS_FILE, matrix, allow_pickle=False)
+        with open(tmp / ITEMS_FILE, "w", encoding="utf-8") as f:
+            for item_id, text in zip(ids, texts, strict=True):
+                f.write(json.dumps({"id": str(item_id), "text": text}, ensure_ascii=False) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return Path(directory)
+
+
+class SearchIndex:
+    """A loaded index folder: items, their embeddings, the model fingerprint, a vector index.
+
+    Args:
+        path: the folder it came from.
+        vectors: ``(N, D)`` float32 embeddings.
+        ids: ``N`` item ids.
+        texts: ``N`` item texts.
+        meta: the contents of ``index.json``.
+        backend: vector index backend (see ``build_index``).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        vectors: np.ndarray,
+        ids: list[str],
+        texts: list[str],
+        meta: dict[str, Any],
+        backend: Backend = "auto",
+    ) -> None:
+        self.path = path
+        self.ids = ids
+        self.texts = texts
+        self.meta = meta
+        self.index: VectorIndex = build_index(vectors, backend=backend, normalize=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["fingerprint"])
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta["model_name"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def check_encoder(self, encoder: QueryEncoder) -> None:
+        """Raise ``ContralignError`` unless ``encoder`` is the model the index was built with."""
+        theirs = encoder.fingerprint()
+        if theirs != self.fingerprint:
+            raise ContralignError(
+                f"index was built with model {self.model_name} (fingerprint {self.fingerprint}), "
+                f"query model has fingerprint {theirs}"
+            )
+
+    def search(
+        self, encoder: QueryEncoder, query_texts: Sequence[str], k: int, batch_size: int = 32
+    ) -> list[list[Hit]]:
+        """Embed ``query_texts`` and return the ``k`` best items for each, best first.
+
+        Raises:
+            ContralignError: ``encoder`` is not the model the index was built with.
+            ValueError: ``k < 1``, or the encoder's dimension differs from the index's.
+        """
+        self.check_encoder(encoder)
+        if not query_texts:
+            return []
+        queries = encoder.encode(list(query_texts), batch_size=batch_size)  # (Q, D)
+        return self.search_vectors(queries, k)
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Like ``search`` for query vectors ``(Q, D)`` embedded by the index's model."""
+        scores, rows = self.index.search(queries, k)  # (Q, k), (Q, k)
+        return [
+            [
+                Hit(self.ids[row], self.texts[row], float(score))
+                for score, row in zip(row_scores, row_ids, strict=True)
+            ]
+            for row_scores, row_ids in zip(scores, rows, strict=True)
+        ]
+
+
+def load_index(directory: str | Path, backend: Backend = "auto") -> SearchIndex:
+    """Read an index folder written by ``save_index``. Never unpickles anything.
+
+    Raises:
+        ContralignError: a missing folder or file, or a corrupt or inconsistent one; the
+            one-line message names the file.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ContralignError(f"{folder}: index folder not found")
+    meta = _read_meta(folder / META_FILE)
+    vectors = _read_embeddings(folder / EMBEDDINGS_FILE, meta)
+    ids, texts = _read_items(folder / ITEMS_FILE, int(meta["count"]))
+    return SearchIndex(folder, vectors, ids, texts, meta, backend=backend)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ContralignError(f"{path}: missing (not an index folder?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ContralignError(f"{path}: cannot read index metadata ({err})") from None
+    if not isinstance(meta, dict):
+        raise ContralignError(f"{path}: expected a JSON object")
+    for key, kind in (("fingerprint", str), ("model_name", str), ("dim", int), ("count", int)):
+        if not isinstance(meta.get(key), kind):
+            raise ContralignError(f"{path}: {key}: missing or not {kind.__name__}")
+    return meta
+
+
+def _read_embeddings(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ContralignError(f"{path}: missing") from None
+    except (OSError, ValueError, EOFError) as err:
+        # Object arrays (pickles) end up here too: allow_pickle=False refuses them.
+        raise ContralignError(f"{path}: cannot read embeddings ({err})") from None
+    expected = (meta["count"], meta["dim"])
+    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
+        raise ContralignError(f"{path}: expected a float32 array")
+    if vectors.shape != expected:
+        raise ContralignError(f"{path}: shape {vectors.shape} does not match index.json {expected}")
+    if not np.isfinite(vectors).all():
+        raise ContralignError(f"{path}: contains NaN or infinite values")
+    return vectors
+
+
+def _read_items(path: Path, count: int) -> tuple[list[str], list[str]]:
+    ids: list[str] = []
+    texts: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    item = json.loads(line)
+                    ids.append(str(item["id"]))
+                    texts.append(str(item["text"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ContralignError(
+                        f"{path}:{number}: expected a JSON object with id and text"
+                    ) from None
+    except FileNotFoundError:
+        raise ContralignError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ContralignError(f"{path}: cannot read items ({err})") from None
+    if len(ids) != count:
+        raise ContralignError(f"{path}: {len(ids)} items, but index.json says {count}")
+    return ids, texts

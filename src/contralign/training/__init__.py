@@ -1,0 +1,1 @@
+"""Training: config, task, loop, optimisation and checkpoints."""

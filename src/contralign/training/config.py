@@ -1,0 +1,86 @@
+"""The training config: typed sections, unknown keys rejected (``contralign train CONFIG.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from contralign.core.config import StrictConfig
+from contralign.data.records import DataConfig
+from contralign.encoders.pooling import PoolingMode
+from contralign.encoders.resolve import DEFAULT_MODEL
+
+
+class ModelConfig(StrictConfig):
+    """The text tower. Unset fields keep the model folder's own settings."""
+
+    name: str = DEFAULT_MODEL
+    pooling: PoolingMode | None = None
+    normalize: bool | None = None
+    max_length: int | None = Field(default=None, gt=0)
+    projection_dim: int | None = Field(default=None, gt=0)
+
+
+class ObjectiveConfig(StrictConfig):
+    """The contrastive objective, chosen by name from the registry."""
+
+    name: Literal["info_nce"] = "info_nce"
+    temperature: float = Field(default=0.05, gt=0)
+    learnable_temperature: bool = False
+    symmetric: bool = False
+
+
+class OptimConfig(StrictConfig):
+    """AdamW with weight-decay groups, warmup then decay, gradient clipping."""
+
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class LoopConfig(StrictConfig):
+    """How long to train, in what batches, and how often to log and checkpoint."""
+
+    epochs: int = Field(default=1, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=32, gt=1)
+    drop_last: bool = False
+    seed: int = 0
+    log_every: int = Field(default=10, gt=0)
+    checkpoint_every: int = Field(default=0, ge=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+
+class EvalConfig(StrictConfig):
+    """Dev sets evaluated during and after training."""
+
+    sts: DataConfig | None = None
+    retrieval: DataConfig | None = None
+    every_steps: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
+class TrainConfig(StrictConfig):
+    """A whole run. See the README for every key."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    train: LoopConfig = LoopConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str = "runs/contralign"
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> TrainConfig:
+        if self.optim.warmup_steps is not None and self.train.max_steps is not None:
+            if self.optim.warmup_steps > self.train.max_steps:
+                raise ValueError("optim.warmup_steps exceeds train.max_steps")
+        return self

@@ -1,0 +1,238 @@
+"""``fit(config) -> RunResult``: the training loop, with logging, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from contralign.core.errors import ConfigError, ContralignError
+from contralign.core.io import atomic_write_text
+from contralign.data import PairBatcher, RecordSet, collate, load_records
+from contralign.encoders.text import TextEncoder
+from contralign.objectives import build_objective
+from contralign.training.checkpoint import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from contralign.training.config import TrainConfig
+from contralign.training.dev import DevSets
+from contralign.training.optim import build_optimizer, build_scheduler
+from contralign.training.task import ContrastiveTask
+
+
+@dataclass
+class RunResult:
+    """What a run leaves behind."""
+
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped_records: int = 0
+    rejects_path: Path | None = None
+    seconds: float = 0.0
+    pairs_per_second: float = 0.0
+
+
+def build_encoder(config: TrainConfig) -> TextEncoder:
+    overrides = {k: v for k, v in config.model.model_dump(exclude={"name"}).items()
+                 if v is not None}
+    return TextEncoder.from_pretrained(config.model.name, **overrides)
+
+
+def build_task(config: TrainConfig, encoder: TextEncoder) -> ContrastiveTask:
+    params = config.objective.model_dump(exclude={"name"})
+    return ContrastiveTask(encoder, build_objective(config.objective.name, params))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit(
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+    encoder: TextEncoder | None = None,
+) -> RunResult:
+    """Train a text tower on ``config.data`` and save the run directory.
+
+    Args:
+        config: the run.
+        resume: continue from the latest checkpoint in ``config.output_dir``.
+        overwrite: replace an existing run directory instead of refusing.
+        progress: show a progress bar.
+        encoder: an already-loaded starting encoder (skips loading ``config.model.name``).
+
+    Raises:
+        ContralignError: bad data, a missing model, or a run directory that already exists.
+    """
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    run_dir = _prepare_run_dir(Path(config.output_dir), resume=resume, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.yaml",
+                      yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    seed_everything(config.train.seed)
+    records = load_records(config.data, rejects_dir=run_dir)
+    dev = DevSets.from_config(config.eval)
+    encoder = encoder if encoder is not None else build_encoder(config)
+    task = build_task(config, encoder)
+    steps_per_epoch = _steps_per_epoch(len(records.records), config)
+    total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+    optimizer = build_optimizer(task, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, total_steps)
+    state = TrainState()
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1][1], task, optimizer, scheduler)
+    _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    started = time.perf_counter()
+    pairs = _train(task, records, config, optimizer, scheduler, state, total_steps, run_dir,
+                   dev, progress)
+    seconds = time.perf_counter() - started
+    metrics = dev.evaluate(encoder)
+    if metrics:
+        _log(run_dir, {"step": state.step, "eval": metrics})
+    model_dir = run_dir / "model"
+    encoder.save(model_dir, extra={"training": _training_fingerprint(config, records, state)})
+    return RunResult(run_dir, model_dir, state.step, metrics, records.skipped,
+                     records.rejects_path, seconds, pairs / seconds if seconds else 0.0)
+
+
+def _train(
+    task: ContrastiveTask, records: RecordSet, config: TrainConfig,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+    state: TrainState, total_steps: int, run_dir: Path, dev: DevSets, progress: bool,
+) -> int:
+    """Run optimiser steps until ``total_steps``; returns the number of pairs trained on."""
+    loop = config.train
+    batcher = PairBatcher(records.records, loop.batch_size, loop.seed, drop_last=loop.drop_last)
+    encoder: TextEncoder = task.encoder  # type: ignore[assignment]
+    tokenize = encoder.preprocess
+    task.train()
+    pairs = 0
+    with _progress_bar(progress, total_steps, state.step) as advance:
+        while state.step < total_steps:
+            for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
+                batch = dict(collate(batch_records, tokenize))
+                losses = _step(task, batch, optimizer, scheduler, config)
+                pairs += len(batch_records)
+                state.step += 1
+                state.batch_in_epoch += 1
+                advance(losses["loss"])
+                _after_step(task, losses, config, state, optimizer, scheduler, run_dir, dev)
+                if state.step >= total_steps:
+                    break
+            if state.batch_in_epoch >= len(batcher):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    return pairs
+
+
+def _step(
+    task: ContrastiveTask, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig,
+) -> dict[str, float]:
+    losses = task(batch)
+    losses["loss"].backward()
+    if config.optim.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(task.parameters(), config.optim.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+def _after_step(
+    task: ContrastiveTask, losses: dict[str, float], config: TrainConfig, state: TrainState,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+    run_dir: Path, dev: DevSets,
+) -> None:
+    loop = config.train
+    if state.step % loop.log_every == 0:
+        _log(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
+                       "lr": scheduler.get_last_lr()[0]})
+    if config.eval.every_steps and state.step % config.eval.every_steps == 0 and dev:
+        metrics = dev.evaluate(task.encoder)
+        _log(run_dir, {"step": state.step, "eval": metrics})
+        task.train()
+    if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
+        folder = run_dir / "checkpoints" / f"step-{state.step}"
+        save_checkpoint(folder, task, optimizer, scheduler, state)
+        prune_checkpoints(run_dir / "checkpoints", loop.keep_checkpoints)
+
+
+def _steps_per_epoch(n_records: int, config: TrainConfig) -> int:
+    size = config.train.batch_size
+    steps = n_records // size if config.train.drop_last else math.ceil(n_records / size)
+    if steps == 0:
+        raise ConfigError(f"train.batch_size: {size} is larger than the {n_records} records "
+                          "with drop_last on")
+    return steps
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise ContralignError(f"output_dir: {run_dir} already holds a run; pass --resume to "
+                                  "continue it, or choose another output_dir")
+        shutil.rmtree(run_dir)
+    if resume and not list_checkpoints(run_dir / "checkpoints"):
+        if run_dir.exists() and (run_dir / "model").exists():
+            raise ContralignError(f"--resume: {run_dir} finished already (no checkpoint to resume)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _log(run_dir: Path, entry: dict[str, Any]) -> None:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint we continue from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _training_fingerprint(config: TrainConfig, records: RecordSet, state: TrainState) -> dict:
+    data_hash = hashlib.sha256()
+    for record in records.records:
+        data_hash.update(repr(dataclasses.astuple(record)).encode())
+    return {"config_sha256": hashlib.sha256(
+                json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
+            "data_sha256": data_hash.hexdigest(), "records": len(records.records),
+            "steps": state.step, "base_model": config.model.name}
+
+
+@contextmanager
+def _progress_bar(show: bool, total: int, done: int) -> Iterator[Any]:
+    if not show:
+        yield lambda loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task_id = bar.add_task("train", total=total, completed=done, loss="…")
+        yield lambda loss: bar.update(task_id, advance=1, loss=f"{loss:.4f}")

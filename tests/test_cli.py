@@ -1,0 +1,156 @@
+"""The CLI: bad input gives one line naming file, line and field, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from contralign.cli.app import app
+
+runner = CliRunner()
+
+
+def _config_file(tmp_path: Path, model: Path, data: Path, **extra: object) -> Path:
+    config = {
+        "model": {"name": str(model), "max_length": 32},
+        "data": {"path": str(data), "columns": {"anchor": "query", "positive": "doc"}},
+        "train": {"epochs": 1, "batch_size": 4},
+        "output_dir": str(tmp_path / "run"),
+    }
+    for key, value in extra.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            config.setdefault(section, {})[leaf] = value  # type: ignore[index]
+        else:
+            config[section] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _one_line_error(result, exit_code: int = 2) -> str:
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"query": "a", "doc": "b"}\n{"query": "c", "doc": \n', r"pairs.jsonl:2: .*JSON"),
+        ('{"query": "a", "doc": "b"}\n{"query": "c"}\n', r"pairs.jsonl:2: doc: missing column"),
+        ('{"query": "a", "doc": "b"}\n{"query": "  ", "doc": "d"}\n',
+         r"pairs.jsonl:2: query: empty text"),
+    ],
+    ids=["malformed-jsonl", "missing-column", "empty-text"],
+)
+def test_bad_records(tiny_model_dir, tmp_path, content, expected):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(content)
+    result = runner.invoke(app, ["train", str(_config_file(tmp_path, tiny_model_dir, data))])
+    assert _one_line_error(result) == pytest.approx(result.output.strip())
+    import re
+
+    assert re.search(expected, result.output), result.output
+
+
+def test_misnamed_column_names_the_column(tiny_model_dir, tmp_path):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("question\tdoc\nwhat\tthat\n")
+    result = runner.invoke(app, ["train", str(_config_file(tmp_path, tiny_model_dir, data))])
+    line = _one_line_error(result)
+    assert "pairs.tsv:1: query: no such column" in line and "question" in line
+
+
+def test_score_not_a_number(tmp_path):
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\na\tb\t3.5\nc\td\tabc\n")
+    result = runner.invoke(app, ["eval", "no-such-model-needed", "--sts", str(sts)])
+    line = _one_line_error(result)
+    assert "sts.tsv:3: score: not a number: 'abc'" in line
+
+
+def test_unknown_config_key(tiny_model_dir, pairs_file, tmp_path):
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file, train__batch_sise=8)
+    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    assert line.endswith("config.yaml: train.batch_sise: unknown key")
+
+
+def test_bad_value_for_known_key(tiny_model_dir, pairs_file, tmp_path):
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file)
+    line = _one_line_error(runner.invoke(app, ["train", str(path), "--set", "optim.lr=fast"]))
+    assert "config.yaml: optim.lr:" in line and "fast" in line
+    line = _one_line_error(runner.invoke(app, ["train", str(path), "--set", "model.pooling=avg"]))
+    assert "model.pooling" in line and "avg" in line
+
+
+def test_missing_model_path(pairs_file, tmp_path):
+    path = _config_file(tmp_path, tmp_path / "nowhere" / "model", pairs_file)
+    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    assert "nowhere/model: no such folder" in line
+    line = _one_line_error(runner.invoke(app, ["encode", "./missing-model", str(pairs_file),
+                                               "--column", "query", "-o", str(tmp_path / "x.npy")]))
+    assert "missing-model: no such folder" in line
+
+
+def test_verbose_shows_traceback(tiny_model_dir, pairs_file, tmp_path):
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file, train__batch_sise=8)
+    result = runner.invoke(app, ["--verbose", "train", str(path)])
+    assert result.exit_code == 2 and "Traceback" in result.output
+
+
+def test_skip_bad_records_counts_and_writes_rejects(tiny_model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    good = [{"query": f"question {i}", "doc": f"answer {i}"} for i in range(8)]
+    lines = [json.dumps(r) for r in good[:4]] + ["{broken", json.dumps({"query": "x"})]
+    lines += [json.dumps(r) for r in good[4:]]
+    data.write_text("\n".join(lines) + "\n")
+    path = _config_file(tmp_path, tiny_model_dir, data, data__on_bad_record="skip")
+    result = runner.invoke(app, ["train", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["skipped_records"] == 2 and summary["steps"] == 2
+    rejects = [json.loads(x) for x in Path(summary["rejects"]).read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [5, 6]
+    assert rejects[1]["field"] == "doc"
+
+
+def test_encode_index_search(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "emb.npy"
+    result = runner.invoke(app, ["encode", str(tiny_model_dir), str(pairs_file), "--column",
+                                 "doc", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from contralign.encoders.text import TextEncoder
+
+    docs = [json.loads(x)["doc"] for x in pairs_file.read_text().splitlines()]
+    expected = TextEncoder.from_pretrained(str(tiny_model_dir)).encode(docs)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+
+    index = tmp_path / "index"
+    result = runner.invoke(app, ["index", str(tiny_model_dir), str(pairs_file), "--column", "doc",
+                                 "-o", str(index)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["search", str(index), docs[3], "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)[0]["hits"]
+    assert hits[0]["text"] == docs[3] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_refuses_another_model(tiny_model_dir, pairs_file, tmp_path):
+    index = tmp_path / "index"
+    runner.invoke(app, ["index", str(tiny_model_dir), str(pairs_file), "--column", "doc", "-o",
+                        str(index)])
+    from contralign.encoders.text import TextEncoder
+
+    other = TextEncoder.from_pretrained(str(tiny_model_dir), pooling="cls")
+    other.save(tmp_path / "other")
+    result = runner.invoke(app, ["search", str(index), "hello", "--model", str(tmp_path / "other")])
+    line = _one_line_error(result)
+    assert "fingerprint" in line
