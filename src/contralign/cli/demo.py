@@ -32,9 +32,10 @@ def demo_command(
     table = Table(title="Held-out titles → abstracts (54 papers)")
     for column in ("metric", "before", "after", "change"):
         table.add_column(column, justify="left" if column == "metric" else "right")
-    for name in DEMO_METRICS:
+    for name, higher_is_better in DEMO_METRICS:
         before, after = result.before[name], result.after[name]
-        table.add_row(name, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
+        label = f"{name} ({'↑' if higher_is_better else '↓'} better)"
+        table.add_row(label, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
     console.print(table)
     console.print(f"Trained {result.run.steps} steps in {result.run.seconds:.1f} s "
                   f"({result.run.pairs_per_second:.1f} pairs/s); model saved to "

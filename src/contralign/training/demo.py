@@ -30,9 +30,10 @@ from contralign.training.loop import RunResult, fit
 TEST_SIZE = 54  # papers held out for evaluation; the other 150 train
 SPLIT_SEED = 0
 DEMO_QUERY = "learning sentence embeddings with contrastive objectives"
-# The metrics the demo table shows, in order.
-DEMO_METRICS = ("retrieval/recall@1", "retrieval/mrr@10", "retrieval/ndcg@10",
-                "geometry/alignment", "geometry/uniformity")
+# The metrics the demo table shows, in order, with whether higher is better.
+DEMO_METRICS = (("retrieval/recall@1", True), ("retrieval/mrr@10", True),
+                ("retrieval/ndcg@10", True), ("geometry/alignment", False),
+                ("geometry/uniformity", False))
 
 
 @dataclass
