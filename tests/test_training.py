@@ -114,3 +114,14 @@ def test_overrides_and_unknown_keys(tmp_path: Path):
     path.write_text("data: {path: x.jsonl}\noptim: {schedule: cubic}\n")
     with pytest.raises(ConfigError, match=r"optim.schedule: .*cubic"):
         load_config(TrainConfig, path)
+
+
+def test_fit_takes_a_dict_or_a_yaml_file(tiny_model_dir, pairs_file, tmp_path):
+    from contralign.core.errors import ConfigError
+
+    config = _config(tiny_model_dir, pairs_file, tmp_path / "run", epochs=1).model_dump()
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert fit(str(path), progress=False).steps == 3
+    with pytest.raises(ConfigError, match=r"config: optim.warmup_ratio: .*2"):
+        fit({**config, "optim": {"warmup_ratio": 2}}, progress=False)

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 
+from contralign.core.config import describe_validation_error, load_config
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.io import atomic_write_text
 from contralign.data import PairBatcher, RecordSet, collate, load_records
@@ -69,13 +71,13 @@ def seed_everything(seed: int) -> None:
 
 
 def fit(
-    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-    encoder: TextEncoder | None = None,
+    config: TrainConfig | dict[str, Any] | str | Path, *, resume: bool = False,
+    overwrite: bool = False, progress: bool = True, encoder: TextEncoder | None = None,
 ) -> RunResult:
     """Train a text tower on ``config.data`` and save the run directory.
 
     Args:
-        config: the run.
+        config: the run: a ``TrainConfig``, a dict of the same keys, or a YAML file.
         resume: continue from the latest checkpoint in ``config.output_dir``.
         overwrite: replace an existing run directory instead of refusing.
         progress: show a progress bar.
@@ -84,6 +86,7 @@ def fit(
     Raises:
         ContralignError: bad data, a missing model, or a run directory that already exists.
     """
+    config = _as_config(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir = _prepare_run_dir(Path(config.output_dir), resume=resume, overwrite=overwrite)
@@ -114,6 +117,17 @@ def fit(
     encoder.save(model_dir, extra={"training": _training_fingerprint(config, records, state)})
     return RunResult(run_dir, model_dir, state.step, metrics, records.skipped,
                      records.rejects_path, seconds, pairs / seconds if seconds else 0.0)
+
+
+def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        try:
+            return TrainConfig.model_validate(config)
+        except ValidationError as err:
+            raise ConfigError(describe_validation_error(err, "config")) from None
+    return load_config(TrainConfig, config)
 
 
 def _train(
