@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.testing import assert_close
 
 from contralign.objectives import InfoNCELoss, duplicate_mask, info_nce
+from contralign.objectives.inputs import Embedded
 
 # (B, D) pairs: a single row, an odd batch and a larger one.
 SHAPES = [(1, 5), (3, 7), (8, 16)]
@@ -241,7 +242,7 @@ def test_learnable_temperature_is_a_parameter_with_a_gradient() -> None:
     module = InfoNCELoss(temperature=0.07, learnable_temperature=True)
     assert "log_scale" in dict(module.named_parameters())
     query, key, _ = make_batch(4, 5, 0, seed=21)
-    loss = module(query, key)
+    loss = module(Embedded(query, key))
     loss.backward()
     assert module.log_scale.grad is not None
     assert module.log_scale.grad.abs() > 0
@@ -255,7 +256,7 @@ def test_learnable_temperature_is_clamped_at_logit_scale_100() -> None:
         module.log_scale.fill_(math.log(250.0))
     assert_close(module.temperature, torch.tensor(0.01), rtol=1e-5, atol=0.0)
     query, key, _ = make_batch(4, 5, 0, seed=22)
-    loss = module(query, key)
+    loss = module(Embedded(query, key))
     assert_close(loss.detach(), info_nce(query, key, temperature=0.01).detach(),
                  rtol=1e-5, atol=1e-6)
     loss.backward()
@@ -271,7 +272,7 @@ def test_fixed_temperature_is_a_buffer() -> None:
     assert not module.log_scale.requires_grad
     assert_close(module.temperature, torch.tensor(0.05), rtol=1e-6, atol=0.0)
     query, key, _ = make_batch(4, 5, 0, seed=23)
-    assert_close(module(query, key), info_nce(query, key, temperature=0.05),
+    assert_close(module(Embedded(query, key)), info_nce(query, key, temperature=0.05),
                  rtol=1e-5, atol=1e-6)
 
 
@@ -285,8 +286,8 @@ def test_invalid_temperature_raises(temperature: float, learnable: bool) -> None
 def test_symmetric_module_adds_the_reverse_direction() -> None:
     query, key, _ = make_batch(4, 5, 0, seed=24)
     module = InfoNCELoss(temperature=0.1, symmetric=True)
-    assert_close(module(query, key), naive_info_nce(query, key, temperature=0.1, symmetric=True),
-                 rtol=1e-5, atol=1e-6)
+    expected = naive_info_nce(query, key, temperature=0.1, symmetric=True)
+    assert_close(module(Embedded(query, key)), expected, rtol=1e-5, atol=1e-6)
 
 
 # --- parity with sentence-transformers ------------------------------------------------------

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contralign.objectives.inputs import Embedded
+
 # CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
 MAX_LOGIT_SCALE = 100.0
 
@@ -136,13 +138,11 @@ class InfoNCELoss(nn.Module):
             return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
         return 1.0 / self.log_scale.exp()
 
-    def forward(
-        self, query: Tensor, key: Tensor, negatives: Tensor | None = None,
-        query_ids: Tensor | None = None, key_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, batch: Embedded) -> Tensor:
+        batch.require("info_nce", "key")
+        assert batch.key is not None
         return info_nce(
-            query, key, negatives=negatives, temperature=self.temperature,
-            symmetric=self.symmetric, query_ids=query_ids, key_ids=key_ids,
-            negative_ids=negative_ids,
+            batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
+            symmetric=self.symmetric, query_ids=batch.query_ids, key_ids=batch.key_ids,
+            negative_ids=batch.negative_ids,
         )

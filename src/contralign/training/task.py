@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from contralign.objectives.inputs import Embedded
+
 
 class ContrastiveTask(nn.Module):
     """One tower shared by anchors, positives and negatives (SimCSE-style when they coincide).
@@ -30,9 +32,10 @@ class ContrastiveTask(nn.Module):
         if batch.get("negatives"):
             # (B, K, D): one forward per hard-negative column
             negatives = torch.stack([self.encoder(column) for column in batch["negatives"]], dim=1)
-        ids: dict[str, Tensor | None] = {}
+        embedded = Embedded(query, key, negatives, scores=batch.get("scores"))
         if self.mask_duplicates:
-            ids = {"query_ids": batch["anchor_ids"], "key_ids": batch["positive_ids"],
-                   "negative_ids": batch.get("negative_ids")}
-        loss = self.objective(query, key, negatives, **ids)
+            embedded.query_ids = batch["anchor_ids"]
+            embedded.key_ids = batch["positive_ids"]
+            embedded.negative_ids = batch.get("negative_ids")
+        loss = self.objective(embedded)
         return {"loss": loss, "contrastive_loss": loss.detach()}

@@ -1,0 +1,41 @@
+"""What a task hands an objective module: the embeddings of one batch, by role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Embedded:
+    """The embeddings of one batch. Which fields an objective needs is its ``requires``.
+
+    Attributes:
+        query: ``(B, D)`` anchors (the first view).
+        key: ``(B, D)`` positives (the second view), when there are pairs.
+        negatives: ``(B, K, D)`` hard negatives.
+        views: ``(B, V, D)`` all views of each item, for multi-view objectives (V ≥ 2).
+        labels: ``(B,)`` int64 class ids (same label = positive).
+        scores: ``(B,)`` float graded targets (similarity, or a regression target).
+        query_ids: ``(B,)`` int64 ids of the anchor texts, for duplicate masking.
+        key_ids: ``(B,)`` int64 ids of the positives (text or label).
+        negative_ids: ``(B, K)`` int64 ids of the hard negatives.
+    """
+
+    query: Tensor
+    key: Tensor | None = None
+    negatives: Tensor | None = None
+    views: Tensor | None = None
+    labels: Tensor | None = None
+    scores: Tensor | None = None
+    query_ids: Tensor | None = None
+    key_ids: Tensor | None = None
+    negative_ids: Tensor | None = None
+
+    def require(self, objective: str, *fields: str) -> None:
+        """Raise ``ValueError`` naming the objective when a needed field is missing."""
+        missing = [name for name in fields if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"{objective}: needs {', '.join(missing)} in the batch "
+                             "(map the data's columns to those roles)")
