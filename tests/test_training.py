@@ -125,3 +125,18 @@ def test_fit_takes_a_dict_or_a_yaml_file(tiny_model_dir, pairs_file, tmp_path):
     assert fit(str(path), progress=False).steps == 3
     with pytest.raises(ConfigError, match=r"config: optim.warmup_ratio: .*2"):
         fit({**config, "optim": {"warmup_ratio": 2}}, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [({"name": "info_nce", "temprature": 0.1}, "objective.temprature: unknown parameter"),
+     ({"name": "info_nce", "temperature": "hot"}, "objective.temperature: "),
+     ({"name": "no_such_loss"}, "objective: unknown objective 'no_such_loss'")],
+)
+def test_objective_params_are_checked(tmp_path, objective, message):
+    from contralign.core.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"path": "x.jsonl"}, "objective": objective}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, path)

@@ -28,6 +28,14 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
             what = "unknown key"
         case "missing":
             what = "required key is missing"
+        case "value_error":
+            # Our validators say "sub_key: what is wrong"; fold sub_key into the key path.
+            text = str(first["msg"]).removeprefix("Value error, ")
+            head, sep, tail = text.partition(": ")
+            if sep and " " not in head:
+                key, what = (head if key == "<root>" else f"{key}.{head}"), tail
+            else:
+                what = text
         case _:
             value = first.get("input")
             what = f"{first['msg']} (got {value!r})"

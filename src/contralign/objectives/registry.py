@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from contralign.objectives.contrastive import InfoNCELoss
 
-OBJECTIVES: dict[str, type[nn.Module]] = {
-    "info_nce": InfoNCELoss,
+
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    """A registered objective: its module, what it needs from the batch, and its paper."""
+
+    module: type[nn.Module]
+    requires: tuple[str, ...]  # fields of ``Embedded`` that must be present
+    paper: str
+    summary: str
+
+    def parameters(self) -> dict[str, tuple[Any, Any]]:
+        """``{name: (annotation, default)}`` of the module's constructor."""
+        hints = typing.get_type_hints(self.module.__init__)
+        signature = inspect.signature(self.module.__init__)
+        return {name: (hints.get(name, Any), param.default)
+                for name, param in signature.parameters.items() if name != "self"}
+
+
+OBJECTIVES: dict[str, ObjectiveInfo] = {
+    "info_nce": ObjectiveInfo(
+        InfoNCELoss, ("key",), "arXiv:1807.03748 (InfoNCE); arXiv:2104.08821 (SimCSE)",
+        "In-batch-negative InfoNCE with hard negatives, duplicate masking, optional symmetry.",
+    ),
 }
 
 
@@ -23,6 +47,6 @@ def build_objective(name: str, params: dict[str, Any]) -> nn.Module:
         known = ", ".join(sorted(OBJECTIVES))
         raise ValueError(f"objective: unknown name {name!r}; known: {known}")
     try:
-        return OBJECTIVES[name](**params)
+        return OBJECTIVES[name].module(**params)
     except TypeError as err:
         raise ValueError(f"objective.{name}: {err}") from None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from contralign.core.config import StrictConfig
 from contralign.data.records import DataConfig
 from contralign.encoders.pooling import PoolingMode
 from contralign.encoders.resolve import DEFAULT_MODEL
+from contralign.objectives.registry import OBJECTIVES
 
 
 class ModelConfig(StrictConfig):
@@ -23,12 +24,34 @@ class ModelConfig(StrictConfig):
 
 
 class ObjectiveConfig(StrictConfig):
-    """The contrastive objective, chosen by name from the registry."""
+    """The objective, chosen by name from the registry; its other keys are the objective's own
+    parameters (``contralign objectives`` lists them), checked against its constructor."""
 
-    name: Literal["info_nce"] = "info_nce"
-    temperature: float = Field(default=0.05, gt=0)
-    learnable_temperature: bool = False
-    symmetric: bool = False
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "info_nce"
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ObjectiveConfig:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.name!r}; known: "
+                             f"{', '.join(sorted(OBJECTIVES))}")
+        accepted = OBJECTIVES[self.name].parameters()
+        for key, value in self.params.items():
+            if key not in accepted:
+                raise ValueError(f"{key}: unknown parameter of {self.name}; its parameters: "
+                                 f"{', '.join(accepted) or 'none'}")
+            annotation = accepted[key][0]
+            try:
+                TypeAdapter(annotation).validate_python(value, strict=False)
+            except ValidationError as err:
+                raise ValueError(f"{key}: {err.errors()[0]['msg']} (got {value!r})") from None
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The objective's own parameters (every key but ``name``)."""
+        return dict(self.model_extra or {})
 
 
 class OptimConfig(StrictConfig):
@@ -82,5 +105,5 @@ class TrainConfig(StrictConfig):
     def _check_warmup(self) -> TrainConfig:
         if self.optim.warmup_steps is not None and self.train.max_steps is not None:
             if self.optim.warmup_steps > self.train.max_steps:
-                raise ValueError("optim.warmup_steps exceeds train.max_steps")
+                raise ValueError("optim.warmup_steps: exceeds train.max_steps")
         return self

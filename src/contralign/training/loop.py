@@ -60,8 +60,8 @@ def build_encoder(config: TrainConfig) -> TextEncoder:
 
 
 def build_task(config: TrainConfig, encoder: TextEncoder) -> ContrastiveTask:
-    params = config.objective.model_dump(exclude={"name"})
-    return ContrastiveTask(encoder, build_objective(config.objective.name, params))
+    objective = build_objective(config.objective.name, config.objective.params)
+    return ContrastiveTask(encoder, objective)
 
 
 def seed_everything(seed: int) -> None:
