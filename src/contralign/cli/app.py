@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from contralign.cli import common, demo, encode, evaluate, search, train
+from contralign.cli import catalog, common, demo, encode, evaluate, search, train
 
 app = typer.Typer(
     name="contralign",
@@ -29,6 +29,7 @@ app.command("encode")(encode.encode_command)
 app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)
+app.command("objectives")(catalog.objectives_command)
 
 
 def main() -> None:

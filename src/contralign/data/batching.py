@@ -32,6 +32,7 @@ class CollatedBatch(TypedDict):
     positive_ids: Tensor  # (B,) int64
     negative_ids: Tensor | None  # (B, K) int64, None when K == 0
     scores: Tensor | None  # (B,) float32, None without scores
+    labels: Tensor | None  # (B,) int64 label ids (equal labels, equal ids), None without labels
 
 
 @dataclass
@@ -132,10 +133,10 @@ def collate(records: Sequence[Record], tokenize: Tokenize) -> CollatedBatch:
                          f"has {k}, the records at lines {uneven[:5]} differ")
     anchors = [r.anchor for r in records]
     positives = [r.positive if r.positive is not None else r.anchor for r in records]
+    labels = None
     if _all_or_none(records, "label", [r.label is not None for r in records]):
-        positive_ids = _ids([_LABEL_PREFIX + str(r.label) for r in records])
-    else:
-        positive_ids = _ids(positives)
+        labels = _ids([_LABEL_PREFIX + str(r.label) for r in records])  # (B,)
+    positive_ids = labels if labels is not None else _ids(positives)
     scores = None
     if _all_or_none(records, "score", [r.score is not None for r in records]):
         scores = torch.tensor([r.score for r in records], dtype=torch.float32)  # (B,)
@@ -151,4 +152,5 @@ def collate(records: Sequence[Record], tokenize: Tokenize) -> CollatedBatch:
         positive_ids=positive_ids,
         negative_ids=negative_ids,
         scores=scores,
+        labels=labels,
     )

@@ -32,7 +32,8 @@ class ContrastiveTask(nn.Module):
         if batch.get("negatives"):
             # (B, K, D): one forward per hard-negative column
             negatives = torch.stack([self.encoder(column) for column in batch["negatives"]], dim=1)
-        embedded = Embedded(query, key, negatives, scores=batch.get("scores"))
+        embedded = Embedded(query, key, negatives, scores=batch.get("scores"),
+                            labels=batch.get("labels"))
         if self.mask_duplicates:
             embedded.query_ids = batch["anchor_ids"]
             embedded.key_ids = batch["positive_ids"]

@@ -1,0 +1,41 @@
+"""``contralign objectives``: what can be trained, with its parameters and paper."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from contralign.cli.common import command, console, print_json
+
+
+@command
+def objectives_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the catalogue as JSON."),
+) -> None:
+    """List every registered objective with its parameters (and defaults) and its paper."""
+    from contralign.objectives import OBJECTIVES
+
+    catalogue = {
+        name: {"summary": info.summary, "paper": info.paper, "requires": list(info.requires),
+               "parameters": {key: _jsonable(default)
+                              for key, (_, default) in info.parameters().items()}}
+        for name, info in sorted(OBJECTIVES.items())
+    }
+    if as_json:
+        print_json(catalogue)
+        return
+    table = Table(title="Objectives (objective: {name: …, <parameter>: …} in a config)")
+    for column in ("name", "parameters", "needs", "paper"):
+        table.add_column(column)
+    for name, entry in catalogue.items():
+        params = ", ".join(f"{k}={v}" for k, v in entry["parameters"].items())
+        table.add_row(name, params, ", ".join(entry["requires"]), entry["paper"])
+    console.print(table)
+
+
+def _jsonable(value: object) -> object:
+    import inspect
+
+    if value is inspect.Parameter.empty:
+        return None
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
