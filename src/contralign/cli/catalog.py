@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -15,7 +17,7 @@ def objectives_command(
     """List every registered objective with its parameters (and defaults) and its paper."""
     from contralign.objectives import OBJECTIVES
 
-    catalogue = {
+    catalogue: dict[str, dict[str, Any]] = {
         name: {"summary": info.summary, "paper": info.paper, "requires": list(info.requires),
                "parameters": {key: _jsonable(default)
                               for key, (_, default) in info.parameters().items()}}
