@@ -1,0 +1,132 @@
+"""Continuously weighted contrastive loss (CWCL; Srinivasa et al. 2023, arXiv:2309.14580).
+
+Cross-modal transfer from a pretrained (usually frozen, as in LiT) tower U to a trained tower V.
+Instead of a one-hot target, every candidate j of row i is a positive with weight ``w_ij``, the
+intra-modal similarity of items i and j *in U's own space*, mapped to [0, 1]:
+
+    w_ij = (1 + cos(u_i, u_j)) / 2
+    L_{a→b} = −(1/B) Σ_i (1 / Σ_j w_ij) Σ_j w_ij · log softmax_j( cos(a_i, b_j) / τ )
+
+for the two directions ``query → key`` and ``key → query``, both with U's weights (the trained
+side's similarities carry no structure yet). ``weights_from`` names which side is U: ``"key"``
+(the default: the keys come from the pretrained tower, e.g. LiT's locked image tower) or
+``"query"``. The weights are computed without gradient: they are targets, not predictions. The
+paper adds the two directions; we average them (as ``info_nce`` does for CLIP), which halves the
+scale and changes nothing else. With one-hot weights (``w_ij = [i = j]``) it would be CLIP's loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contralign.objectives.contrastive import MAX_LOGIT_SCALE
+from contralign.objectives.inputs import Embedded
+
+WeightsFrom = Literal["key", "query"]
+WEIGHTS_FROM: tuple[str, ...] = get_args(WeightsFrom)
+
+
+def intra_modal_weights(embeddings: Tensor) -> Tensor:
+    """``(B, B)`` ``(1 + cos(e_i, e_j)) / 2`` normalised per row, without gradient.
+
+    Args:
+        embeddings: ``(B, D)`` the pretrained side's embeddings.
+    """
+    with torch.no_grad():
+        unit = F.normalize(embeddings, dim=-1)
+        weights = (1 + unit @ unit.T) / 2  # (B, B) in [0, 1]; 1 on the diagonal
+        return weights / weights.sum(dim=1, keepdim=True)
+
+
+def cwcl(
+    query: Tensor,
+    key: Tensor,
+    *,
+    temperature: float | Tensor = 0.07,
+    weights_from: WeightsFrom = "key",
+    symmetric: bool = True,
+) -> Tensor:
+    """CWCL between paired embeddings (arXiv:2309.14580, eq. 3 and its reverse).
+
+    Args:
+        query: ``(B, D)`` one modality (e.g. the trained text tower).
+        key: ``(B, D)`` the other (e.g. the frozen image tower).
+        temperature: τ; logits are ``cos / τ``; a tensor for a learned one.
+        weights_from: the pretrained side whose intra-modal similarity gives the targets.
+        symmetric: average the ``query → key`` and ``key → query`` directions; otherwise only
+            ``query → key`` (query rows against key candidates).
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: mismatched shapes or an unknown ``weights_from``.
+    """
+    if query.dim() != 2 or query.shape != key.shape:
+        raise ValueError(f"cwcl: query {tuple(query.shape)} and key {tuple(key.shape)} must "
+                         "both be (B, D)")
+    if weights_from not in WEIGHTS_FROM:
+        raise ValueError(f"cwcl: weights_from must be one of {WEIGHTS_FROM}, got "
+                         f"{weights_from!r}")
+    targets = intra_modal_weights(key if weights_from == "key" else query)  # (B, B), symmetric
+    logits = F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).T / temperature  # (B, B)
+    loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    if not symmetric:
+        return loss
+    reverse = -(targets * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss + reverse) / 2
+
+
+class CWCLLoss(nn.Module):
+    """``cwcl`` with a fixed or learned temperature.
+
+    A learned temperature is kept as a log logit scale, clamped at ``log(100)`` as in CLIP.
+
+    Args:
+        temperature: τ, or its initial value when learned. The paper trains LiT-style towers;
+            0.07 is CLIP's initial temperature (arXiv:2103.00020).
+        learnable_temperature: learn τ with the towers.
+        weights_from: ``"key"`` or ``"query"``: the pretrained side giving the soft targets.
+        symmetric: average both directions.
+
+    Raises:
+        ValueError: a temperature that is not finite and > 0, or an unknown ``weights_from``.
+    """
+
+    def __init__(
+        self, temperature: float = 0.07, learnable_temperature: bool = False,
+        weights_from: WeightsFrom = "key", symmetric: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"cwcl: temperature must be finite and > 0, got {temperature}")
+        if weights_from not in WEIGHTS_FROM:
+            raise ValueError(f"cwcl: weights_from must be one of {WEIGHTS_FROM}, got "
+                             f"{weights_from!r}")
+        self.weights_from: WeightsFrom = weights_from
+        self.symmetric = symmetric
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def temperature(self) -> Tensor:
+        if isinstance(self.log_scale, nn.Parameter):
+            return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        return 1.0 / self.log_scale.exp()
+
+    def forward(self, batch: Embedded) -> Tensor:
+        batch.require("cwcl", "key")
+        assert batch.key is not None
+        if batch.negatives is not None:
+            raise ValueError("cwcl: hard negatives have no intra-modal weights; unmap the "
+                             "negative column(s)")
+        return cwcl(batch.query, batch.key, temperature=self.temperature,
+                    weights_from=self.weights_from, symmetric=self.symmetric)

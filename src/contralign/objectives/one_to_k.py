@@ -1,0 +1,113 @@
+"""1-to-K contrastive learning (Nie et al., KDD 2024, arXiv:2406.18254).
+
+One anchor (an image) is aligned with its K views (its captions in K languages) in a single
+softmax, so that no language is the pivot and none is favoured. With anchors ``a_i`` ``(B, D)``,
+views ``v_{i,k}`` ``(B, K, D)``, ``s = cos / τ``:
+
+    L_a2v = −(1/B) Σ_i (1/K) Σ_k log( e^{s(a_i, v_{i,k})} / Σ_j Σ_k' e^{s(a_i, v_{j,k'})} )
+    L_v2a = −(1/B) Σ_i (1/K) Σ_k log( e^{s(v_{i,k}, a_i)} / Σ_j e^{s(v_{i,k}, a_j)} )
+    L     = (L_a2v + L_v2a) / 2
+
+Each anchor row is one softmax over all ``B·K`` views whose target puts mass 1 on each of its own K
+views (the other K − 1 views of the same item stay in the denominator, as in the authors'
+``get_unialign_contrastive_loss``); each view row is a softmax over the B anchors. K = 1 is CLIP's
+symmetric InfoNCE. The authors' released code also divides both terms by K once more
+(``need_divm = 0``), which down-weights L_v2a by 1/K; we keep the paper's equal weighting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contralign.objectives.contrastive import MAX_LOGIT_SCALE
+from contralign.objectives.inputs import Embedded
+
+
+def one_to_k_contrastive(
+    query: Tensor,
+    views: Tensor,
+    *,
+    temperature: float | Tensor = 0.07,
+    symmetric: bool = True,
+) -> Tensor:
+    """1-to-K contrastive loss between anchors and their K aligned views (arXiv:2406.18254).
+
+    Args:
+        query: ``(B, D)`` anchors (e.g. images).
+        views: ``(B, K, D)`` the K aligned views of each anchor (e.g. K languages' captions).
+        temperature: τ (0.07 in the authors' configs); a tensor for a learned one.
+        symmetric: average with the views → anchors direction; otherwise only anchors → views.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: shapes other than ``(B, D)`` and ``(B, K, D)`` with K ≥ 1.
+    """
+    if (query.dim() != 2 or views.dim() != 3 or views.shape[0] != query.shape[0]
+            or views.shape[2] != query.shape[1] or views.shape[1] < 1):
+        raise ValueError(f"one_to_k: query {tuple(query.shape)} must be (B, D) and views "
+                         f"{tuple(views.shape)} (B, K, D) with K >= 1")
+    batch, k = views.shape[:2]
+    anchors = F.normalize(query, dim=-1)
+    flat = F.normalize(views, dim=-1).flatten(0, 1)  # (B·K, D); row i·K + k is v_{i,k}
+    logits = anchors @ flat.T / temperature  # (B, B·K)
+    log_probs = F.log_softmax(logits, dim=1).view(batch, batch, k)  # (B, B, K)
+    # [i, i, k] is anchor i's log-probability of its own view k.
+    own = log_probs.diagonal(dim1=0, dim2=1)  # (K, B)
+    loss = -own.mean()
+    if not symmetric:
+        return loss
+    reverse = F.log_softmax(logits.T, dim=1)  # (B·K, B)
+    target = torch.arange(batch, device=query.device).repeat_interleave(k)  # (B·K,) = row // K
+    return (loss + F.nll_loss(reverse, target)) / 2
+
+
+class OneToKContrastiveLoss(nn.Module):
+    """``one_to_k_contrastive`` with a fixed or learned temperature; reads ``query`` and
+    ``views``.
+
+    A learned temperature is kept as a log logit scale, clamped at ``log(100)`` as in CLIP.
+
+    Args:
+        temperature: τ, or its initial value when learned (0.07 in the authors' configs, where
+            it is learned).
+        learnable_temperature: learn τ with the towers.
+        symmetric: average both directions.
+
+    Raises:
+        ValueError: a temperature that is not finite and > 0.
+    """
+
+    def __init__(
+        self, temperature: float = 0.07, learnable_temperature: bool = False,
+        symmetric: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < temperature < math.inf:
+            raise ValueError(f"one_to_k: temperature must be finite and > 0, got {temperature}")
+        self.symmetric = symmetric
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def temperature(self) -> Tensor:
+        if isinstance(self.log_scale, nn.Parameter):
+            return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+        return 1.0 / self.log_scale.exp()
+
+    def forward(self, batch: Embedded) -> Tensor:
+        batch.require("one_to_k", "views")
+        assert batch.views is not None
+        if batch.key is not None or batch.negatives is not None:
+            raise ValueError("one_to_k: reads query (anchors) and views (their K aligned views) "
+                             "only; put every aligned view in views, not in key or negatives")
+        return one_to_k_contrastive(batch.query, batch.views, temperature=self.temperature,
+                                    symmetric=self.symmetric)
