@@ -1,0 +1,190 @@
+"""NT-Xent (SimCLR, arXiv:2002.05709) and its generalisations to V ≥ 2 views of each item.
+
+Every item of the batch is seen through V views, ``(B, V, D)``. Three ways to contrast them:
+
+- ``"multi_positive"``: each of the ``B·V`` embeddings is an anchor against all ``B·V − 1`` others;
+  the ``V − 1`` other views of its item are its positives, and the loss averages their
+  log-probabilities (the SupCon L_out form, arXiv:2004.11362, with "same item" as the label).
+- ``"pairwise"``: the full graph of CMC (arXiv:1906.05849): the mean over all ordered view pairs
+  of the two-view NT-Xent between those two views only.
+- ``"poly_view"``: Poly-View Contrastive Learning (Shidani et al., ICLR 2024, arXiv:2403.05490):
+  the pairwise InfoNCE ratios of one anchor are computed against the other items' views only and
+  aggregated over its positives by a geometric or arithmetic mean.
+
+With V = 2 all three are SimCLR's NT-Xent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contralign.objectives.inputs import Embedded
+
+Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
+PolyViewMean = Literal["geometric", "arithmetic"]
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"nt_xent: {name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _pairwise(views: Tensor, scale: Tensor | float) -> Tensor:
+    """Mean over ordered view pairs (α ≠ β) of the α → β NT-Xent direction."""
+    batch, num_views, _ = views.shape
+    sims = scale * torch.einsum("bvd,cwd->vwbc", views, views)  # (V, V, B, B): view α of b · β of c
+    eye = torch.eye(batch, dtype=torch.bool, device=views.device)
+    same_view = torch.diagonal(sims, dim1=0, dim2=1).permute(2, 0, 1)  # (V, B, B): α against α
+    same_view = same_view.masked_fill(eye, float("-inf"))  # an anchor is not its own candidate
+    # Row (α, β, i): candidates are view β of every item (target: item i) and view α of the others.
+    logits = torch.cat([sims, same_view[:, None].expand(-1, num_views, -1, -1)], dim=-1)
+    log_prob = torch.diagonal(logits.log_softmax(dim=-1)[..., :batch], dim1=2, dim2=3)  # (V, V, B)
+    off_diagonal = ~torch.eye(num_views, dtype=torch.bool, device=views.device)  # pairs α ≠ β
+    return -log_prob[off_diagonal].mean()
+
+
+def _multi_positive(sims: Tensor, positive: Tensor, num_views: int) -> Tensor:
+    """SupCon-style: mean log-probability of the V − 1 positives among all B·V − 1 candidates."""
+    eye = torch.eye(sims.shape[0], dtype=torch.bool, device=sims.device)
+    log_prob = sims.masked_fill(eye, float("-inf")).log_softmax(dim=1)  # (N, N)
+    return -torch.where(positive, log_prob, 0.0).sum(dim=1).div(num_views - 1).mean()
+
+
+def _poly_view(sims: Tensor, positive: Tensor, same_item: Tensor, num_views: int,
+               mean: PolyViewMean) -> Tensor:
+    """Poly-view: for anchor a and positive p, the candidates are p and every other item's views."""
+    rows = sims.shape[0]
+    pos_sims = sims[positive].view(rows, num_views - 1)  # (N, V-1) the anchor's positives
+    if rows > num_views:  # there are other items
+        negative_lse = sims.masked_fill(same_item, float("-inf")).logsumexp(dim=1)  # (N,)
+    else:  # one item: no negatives; a constant keeps an all -inf logsumexp out of the graph
+        negative_lse = sims.new_full((rows,), float("-inf"))
+    log_prob = pos_sims - torch.logaddexp(pos_sims, negative_lse[:, None])  # (N, V-1)
+    match mean:
+        case "geometric":  # log of the geometric mean of the ratios
+            per_anchor = log_prob.mean(dim=1)
+        case "arithmetic":  # log of the arithmetic mean of the ratios
+            per_anchor = log_prob.logsumexp(dim=1) - math.log(num_views - 1)
+    return -per_anchor.mean()
+
+
+def nt_xent(
+    views: Tensor,
+    *,
+    temperature: float | Tensor = 0.5,
+    aggregation: Aggregation = "multi_positive",
+    poly_view_mean: PolyViewMean = "geometric",
+    normalize: bool = True,
+) -> Tensor:
+    """NT-Xent over ``V ≥ 2`` views of each item, in-batch negatives from the other items.
+
+    Write ``s(a, c) = cos(a, c) / τ`` and let item i have views ``z_{i,1..V}``.
+
+    - ``"multi_positive"`` (default): anchor ``a = z_{i,α}``, candidates ``A(a)`` = all ``B·V − 1``
+      other embeddings, positives ``P(a)`` = the ``V − 1`` other views of item i;
+      ``ℓ_a = −1/(V−1) Σ_{p∈P(a)} log( e^{s(a,p)} / Σ_{c∈A(a)} e^{s(a,c)} )``; loss = mean over
+      all ``B·V`` anchors.
+    - ``"pairwise"`` (CMC full graph, arXiv:1906.05849): for each ordered pair of views
+      ``(α, β)``, ``α ≠ β``, the one-direction two-view NT-Xent whose candidates are **only the
+      embeddings of views α and β**: anchor ``z_{i,α}``, target ``z_{i,β}``, candidates
+      ``{z_{j,β}: all j} ∪ {z_{j,α}: j ≠ i}`` (``2B − 1``); loss = mean over the ``V(V−1)`` ordered
+      pairs and the B anchors. Averaging the two orders of a pair gives SimCLR's symmetric loss,
+      so with V = 2 this is exactly NT-Xent. (CMC itself contrasts against view β only, with a
+      memory bank; here each pair keeps SimCLR's same-view negatives.)
+    - ``"poly_view"`` (Poly-View Contrastive Learning, arXiv:2403.05490): for anchor ``z_{i,α}``
+      and each positive ``z_{i,β}`` the pairwise ratio (``a = z_{i,α}``, ``p = z_{i,β}``)
+      ``r_{αβ} = e^{s(a, p)} / (e^{s(a, p)} + Σ_{j≠i} Σ_γ e^{s(a, z_{j,γ})})``
+      uses every view of every other item as a negative but never the anchor's other positives.
+      ``poly_view_mean="geometric"`` (Geometric PVC): ``ℓ = −1/(V−1) Σ_β log r_{αβ}``;
+      ``"arithmetic"`` (Arithmetic PVC): ``ℓ = −log( 1/(V−1) Σ_β r_{αβ} )`` (≤ the geometric one);
+      loss = mean over all ``B·V`` anchors. Written from the paper's one-vs-rest definitions and
+      checked against a third-party re-implementation (pakoromilas/Multi-View-CL ``PVCLoss``),
+      whose geometric branch is this one; its arithmetic branch (a logsumexp of the *losses*
+      minus ``log B``) disagrees with the arithmetic mean of the ratios, and was not followed. The
+      paper text itself was not available to check: the exact candidate set of its
+      pseudocode (all views of the other items, not the anchor's other positives) is taken from
+      that re-implementation and the paper's Figure 1 "one-vs-rest" framing, not verified
+      line by line.
+
+    Args:
+        views: ``(B, V, D)`` embeddings, V ≥ 2.
+        temperature: τ (a tensor for a learned one). SimCLR's default 0.5 (its CIFAR-10 setting and
+            lightly's default; its ImageNet runs use 0.1).
+        aggregation: ``"multi_positive"``, ``"pairwise"`` or ``"poly_view"``.
+        poly_view_mean: ``"geometric"`` or ``"arithmetic"``; used by ``"poly_view"`` only.
+        normalize: compare by cosine (L2-normalise first) rather than by dot product.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: ``views`` not ``(B, V, D)`` with V ≥ 2, or an unknown option value.
+    """
+    _check_choice("aggregation", aggregation, get_args(Aggregation))
+    _check_choice("poly_view_mean", poly_view_mean, get_args(PolyViewMean))
+    if views.dim() != 3 or views.shape[1] < 2 or views.shape[0] < 1:
+        raise ValueError(f"nt_xent: views {tuple(views.shape)} must be (B, V, D) with V >= 2")
+    if normalize:
+        views = F.normalize(views, dim=-1)
+    scale = 1.0 / temperature
+    batch, num_views, dim = views.shape
+    if aggregation == "pairwise":
+        return _pairwise(views, scale)
+    flat = views.reshape(batch * num_views, dim)  # (N, D), row b·V + v
+    sims = scale * flat @ flat.T  # (N, N)
+    item = torch.arange(batch, device=views.device).repeat_interleave(num_views)  # (N,)
+    same_item = item[:, None] == item[None, :]  # (N, N)
+    positive = same_item & ~torch.eye(len(item), dtype=torch.bool, device=views.device)
+    if aggregation == "multi_positive":
+        return _multi_positive(sims, positive, num_views)
+    return _poly_view(sims, positive, same_item, num_views, poly_view_mean)
+
+
+def views_of(batch: Embedded, objective: str) -> Tensor:
+    """``(B, V, D)``: ``batch.views``, else ``query`` and ``key`` stacked as V = 2.
+
+    Raises:
+        ValueError: neither ``views`` nor ``key`` in the batch.
+    """
+    if batch.views is not None:
+        return batch.views
+    if batch.key is None:
+        raise ValueError(f"{objective}: needs views, or query and key, in the batch "
+                         "(map the data's columns to those roles)")
+    return torch.stack([batch.query, batch.key], dim=1)  # (B, 2, D)
+
+
+class NTXentLoss(nn.Module):
+    """``nt_xent`` on ``batch.views`` ``(B, V, D)``, or on ``query``/``key`` as V = 2.
+
+    Args:
+        temperature: τ; SimCLR (arXiv:2002.05709) default 0.5.
+        aggregation: ``"multi_positive"``, ``"pairwise"`` (CMC, arXiv:1906.05849) or
+            ``"poly_view"`` (arXiv:2403.05490); see ``nt_xent``.
+        poly_view_mean: ``"geometric"`` or ``"arithmetic"`` PVC, for ``"poly_view"``.
+
+    Raises:
+        ValueError: a temperature that is not positive and finite, or an unknown option value.
+    """
+
+    def __init__(
+        self, temperature: float = 0.5, aggregation: Aggregation = "multi_positive",
+        poly_view_mean: PolyViewMean = "geometric",
+    ) -> None:
+        super().__init__()
+        if not 0 < temperature < math.inf:  # also rejects NaN
+            raise ValueError(f"nt_xent: temperature must be finite and > 0, got {temperature}")
+        _check_choice("aggregation", aggregation, get_args(Aggregation))
+        _check_choice("poly_view_mean", poly_view_mean, get_args(PolyViewMean))
+        self.temperature = temperature
+        self.aggregation: Aggregation = aggregation
+        self.poly_view_mean: PolyViewMean = poly_view_mean
+
+    def forward(self, batch: Embedded) -> Tensor:
+        return nt_xent(views_of(batch, "nt_xent"), temperature=self.temperature,
+                       aggregation=self.aggregation, poly_view_mean=self.poly_view_mean)

@@ -1,0 +1,96 @@
+"""The pairwise sigmoid loss of SigLIP (Zhai et al. 2023, arXiv:2303.15343).
+
+Every one of the ``B × B`` pairs is an independent binary decision (match or not), so no softmax
+normalises over the batch: ``loss = −1/B Σ_i Σ_j log σ(z_ij (t·x_i·y_j + b))``, with
+``z_ij = +1`` on the diagonal and ``−1`` elsewhere, a learned scale ``t = exp(t')`` and bias ``b``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contralign.objectives.inputs import Embedded
+
+# SigLIP initialises t' = log 10 and b = −10, so training starts near the prior of few positives.
+SIGLIP_LOGIT_SCALE = 10.0
+SIGLIP_LOGIT_BIAS = -10.0
+
+
+def sigmoid_loss(
+    query: Tensor,
+    key: Tensor,
+    *,
+    logit_scale: float | Tensor,
+    logit_bias: float | Tensor,
+    normalize: bool = True,
+) -> Tensor:
+    """SigLIP's sigmoid loss over all ``B × B`` pairs (arXiv:2303.15343, Algorithm 1).
+
+    ``logits_ij = t · cos(query_i, key_j) + b``;
+    ``loss = −1/B Σ_ij log σ(z_ij · logits_ij)``, ``z = 2I − 1``. Summed over all pairs and divided
+    by B (not B²), as in the paper; symmetric in the two sides.
+
+    Args:
+        query: ``(B, D)`` one side (images in SigLIP).
+        key: ``(B, D)`` the other side (texts); row i matches query i.
+        logit_scale: t, already exponentiated (a tensor to learn it).
+        logit_bias: b (a tensor to learn it).
+        normalize: compare by cosine (L2-normalise first) rather than by dot product.
+
+    Returns:
+        The scalar loss.
+
+    Raises:
+        ValueError: mismatched shapes.
+    """
+    if query.shape != key.shape or query.dim() != 2:
+        raise ValueError(f"sigmoid_loss: query {tuple(query.shape)} and key {tuple(key.shape)} "
+                         "must both be (B, D)")
+    if normalize:
+        query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+    batch = query.shape[0]
+    logits = logit_scale * query @ key.T + logit_bias  # (B, B)
+    eye = torch.eye(batch, dtype=logits.dtype, device=logits.device)
+    signs = 2 * eye - 1  # (B, B): +1 for the matching pair, −1 for every other
+    return -F.logsigmoid(signs * logits).sum() / batch
+
+
+class SigLIPLoss(nn.Module):
+    """``sigmoid_loss`` with a scale ``t = exp(t')`` and a bias ``b``, learned by default.
+
+    Args:
+        logit_scale: t, or its initial value when learned (kept as ``t' = log t``); SigLIP's 10.
+        logit_bias: b, or its initial value when learned; SigLIP's −10.
+        learnable: learn t' and b with the encoders (SigLIP does).
+
+    Raises:
+        ValueError: a scale that is not positive and finite, or a bias that is not finite.
+    """
+
+    def __init__(
+        self, logit_scale: float = SIGLIP_LOGIT_SCALE, logit_bias: float = SIGLIP_LOGIT_BIAS,
+        learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < logit_scale < math.inf:  # also rejects NaN
+            raise ValueError(f"siglip: logit_scale must be finite and > 0, got {logit_scale}")
+        if not math.isfinite(logit_bias):
+            raise ValueError(f"siglip: logit_bias must be finite, got {logit_bias}")
+        log_scale = torch.tensor(math.log(logit_scale))
+        bias = torch.tensor(float(logit_bias))
+        if learnable:
+            self.log_scale = nn.Parameter(log_scale)
+            self.bias = nn.Parameter(bias)
+        else:
+            self.register_buffer("log_scale", log_scale)
+            self.register_buffer("bias", bias)
+
+    def forward(self, batch: Embedded) -> Tensor:
+        batch.require("siglip", "key")
+        assert batch.key is not None
+        return sigmoid_loss(batch.query, batch.key, logit_scale=self.log_scale.exp(),
+                            logit_bias=self.bias)
