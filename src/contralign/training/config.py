@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_vali
 
 from contralign.core.config import StrictConfig
 from contralign.data.records import DataConfig
+from contralign.encoders.loading import TowerKind
 from contralign.encoders.pooling import PoolingMode
 from contralign.encoders.resolve import DEFAULT_MODEL
 from contralign.objectives.registry import OBJECTIVES
@@ -17,6 +18,7 @@ class ModelConfig(StrictConfig):
     """The text tower. Unset fields keep the model folder's own settings."""
 
     name: str = DEFAULT_MODEL
+    tower: TowerKind = "auto"  # auto: static vectors/folders -> static tower, else transformer
     pooling: PoolingMode | None = None
     normalize: bool | None = None
     max_length: int | None = Field(default=None, gt=0)
@@ -36,8 +38,11 @@ class ObjectiveConfig(StrictConfig):
         if self.name not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.name!r}; known: "
                              f"{', '.join(sorted(OBJECTIVES))}")
-        accepted = OBJECTIVES[self.name].parameters()
-        for key, value in self.params.items():
+        info = OBJECTIVES[self.name]
+        accepted = info.parameters()
+        if info.momentum_keys:
+            accepted["momentum"] = (float, 0.999)
+        for key, value in (self.model_extra or {}).items():
             if key not in accepted:
                 raise ValueError(f"{key}: unknown parameter of {self.name}; its parameters: "
                                  f"{', '.join(accepted) or 'none'}")
@@ -50,8 +55,15 @@ class ObjectiveConfig(StrictConfig):
 
     @property
     def params(self) -> dict[str, Any]:
-        """The objective's own parameters (every key but ``name``)."""
-        return dict(self.model_extra or {})
+        """The objective module's own parameters (every key but ``name`` and ``momentum``)."""
+        return {k: v for k, v in (self.model_extra or {}).items() if k != "momentum"}
+
+    @property
+    def momentum(self) -> float | None:
+        """The momentum of the key encoder, for objectives whose keys come from one (MoCo)."""
+        if not OBJECTIVES[self.name].momentum_keys:
+            return None
+        return float((self.model_extra or {}).get("momentum", 0.999))
 
 
 class OptimConfig(StrictConfig):
@@ -99,7 +111,22 @@ class TrainConfig(StrictConfig):
     optim: OptimConfig = OptimConfig()
     train: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
+    views: list[dict[str, Any]] = []  # text views, e.g. [{name: identity}, {name: word_deletion}]
     output_dir: str = "runs/contralign"
+
+    @model_validator(mode="after")
+    def _check_views(self) -> TrainConfig:
+        from contralign.data.views import make_view
+
+        for i, view in enumerate(self.views):
+            try:
+                make_view(str(view.get("name")), **{k: v for k, v in view.items() if k != "name"})
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"views.{i}: {err}") from None
+        views_only = "views" in OBJECTIVES[self.objective.name].requires
+        if self.views and len(self.views) < 2 and not views_only:
+            raise ValueError("views: give at least two views (one per side of each pair)")
+        return self
 
     @model_validator(mode="after")
     def _check_warmup(self) -> TrainConfig:

@@ -24,8 +24,10 @@ from contralign.core.config import describe_validation_error, load_config
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.io import atomic_write_text
 from contralign.data import PairBatcher, RecordSet, collate, load_records
+from contralign.encoders.loading import load_tower
+from contralign.encoders.static import StaticEncoder
 from contralign.encoders.text import TextEncoder
-from contralign.objectives import build_objective
+from contralign.objectives import OBJECTIVES, build_objective
 from contralign.training.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -37,6 +39,9 @@ from contralign.training.config import TrainConfig
 from contralign.training.dev import DevSets
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.task import ContrastiveTask
+from contralign.training.views import build_views, view_batch
+
+Tower = TextEncoder | StaticEncoder
 
 
 @dataclass
@@ -53,15 +58,25 @@ class RunResult:
     pairs_per_second: float = 0.0
 
 
-def build_encoder(config: TrainConfig) -> TextEncoder:
-    overrides = {k: v for k, v in config.model.model_dump(exclude={"name"}).items()
+def build_encoder(config: TrainConfig) -> Tower:
+    """The tower the config names (static vectors, a static folder, or a transformers model).
+
+    Raises:
+        ConfigError: a setting the tower does not have (``pooling`` on a static tower).
+    """
+    overrides = {k: v for k, v in config.model.model_dump(exclude={"name", "tower"}).items()
                  if v is not None}
-    return TextEncoder.from_pretrained(config.model.name, **overrides)
+    try:
+        return load_tower(config.model.name, config.model.tower, **overrides)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from None
 
 
-def build_task(config: TrainConfig, encoder: TextEncoder) -> ContrastiveTask:
-    objective = build_objective(config.objective.name, config.objective.params)
-    return ContrastiveTask(encoder, objective)
+def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
+    info = OBJECTIVES[config.objective.name]
+    objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
+    return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
+                           views_only="views" in info.requires)
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +87,7 @@ def seed_everything(seed: int) -> None:
 
 def fit(
     config: TrainConfig | dict[str, Any] | str | Path, *, resume: bool = False,
-    overwrite: bool = False, progress: bool = True, encoder: TextEncoder | None = None,
+    overwrite: bool = False, progress: bool = True, encoder: Tower | None = None,
 ) -> RunResult:
     """Train a text tower on ``config.data`` and save the run directory.
 
@@ -138,14 +153,19 @@ def _train(
     """Run optimiser steps until ``total_steps``; returns the number of pairs trained on."""
     loop = config.train
     batcher = PairBatcher(records.records, loop.batch_size, loop.seed, drop_last=loop.drop_last)
-    encoder: TextEncoder = task.encoder  # type: ignore[assignment]
+    encoder: Tower = task.encoder  # type: ignore[assignment]
     tokenize = encoder.preprocess
+    views = build_views(config.views)
     task.train()
     pairs = 0
     with _progress_bar(progress, total_steps, state.step) as advance:
         while state.step < total_steps:
             for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
                 batch = dict(collate(batch_records, tokenize))
+                if views:
+                    position = (loop.seed, state.epoch, state.batch_in_epoch)
+                    batch.update(view_batch(batch_records, views, tokenize, position,
+                                            views_only=task.views_only))
                 losses = _step(task, batch, optimizer, scheduler, config)
                 pairs += len(batch_records)
                 state.step += 1
@@ -170,6 +190,7 @@ def _step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    task.after_step()
     return {name: float(value.detach()) for name, value in losses.items()}
 
 
