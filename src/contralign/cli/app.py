@@ -30,6 +30,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)
 app.command("objectives")(catalog.objectives_command)
+app.command("recipes")(catalog.recipes_command)
 
 
 def main() -> None:

@@ -41,3 +41,25 @@ def _jsonable(value: object) -> object:
     if value is inspect.Parameter.empty:
         return None
     return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
+@command
+def recipes_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the recipes as JSON."),
+) -> None:
+    """List the bundled recipes: one config per published system, with the paper it follows.
+
+    Run one with ``contralign train NAME --data FILE`` (or ``recipes/NAME.yaml``)."""
+    from contralign.training.recipes import list_recipes
+
+    recipes = list_recipes()
+    if as_json:
+        print_json({r.name: {"path": str(r.path), "objective": r.objective, "about": r.about}
+                    for r in recipes})
+        return
+    table = Table(title="Recipes (contralign train NAME --data FILE)")
+    for column in ("name", "objective", "about"):
+        table.add_column(column)
+    for recipe in recipes:
+        table.add_row(recipe.name, recipe.objective, recipe.about)
+    console.print(table)

@@ -12,7 +12,7 @@ from contralign.cli.common import command, console, print_json
 
 @command
 def train_command(
-    config: Path = typer.Argument(..., help="YAML training config."),
+    config: Path = typer.Argument(..., help="YAML training config, or a recipe name."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=1e-5"),
     data: str | None = typer.Option(None, "--data", help="Training data file (sets data.path)."),
     output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Run directory."),
@@ -24,13 +24,14 @@ def train_command(
     from contralign.core.config import load_config
     from contralign.training.config import TrainConfig
     from contralign.training.loop import fit
+    from contralign.training.recipes import find_config
 
     overrides = list(set_)
     if data is not None:
         overrides.append(f"data.path={data}")
     if output_dir is not None:
         overrides.append(f"output_dir={output_dir}")
-    train_config = load_config(TrainConfig, config, overrides)
+    train_config = load_config(TrainConfig, find_config(config), overrides)
     result = fit(train_config, resume=resume, overwrite=overwrite, progress=not as_json)
     summary = {"run_dir": str(result.run_dir), "model_dir": str(result.model_dir),
                "steps": result.steps, "seconds": round(result.seconds, 2),
