@@ -24,8 +24,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def data_dir() -> Path:
     """The real-data folder ``../shared/data``; exits with a one-line message when it is absent."""
     if not SHARED_DATA.is_dir():
-        sys.exit(f"benchmark: real data folder {SHARED_DATA} is absent; this benchmark needs it "
-                 "(it holds nli/sicke-train.tsv and sts/stsb-en-dev.tsv)")
+        sys.exit(f"benchmark: real data folder {SHARED_DATA} is absent; this benchmark needs it")
     return SHARED_DATA
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_info_nce
 
 # CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
 MAX_LOGIT_SCALE = 100.0
@@ -35,12 +36,16 @@ def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
 
 
 def _one_direction(
-    query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None
+    query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None,
+    rows: slice | None = None,
 ) -> Tensor:
+    target = torch.arange(query.shape[0], device=query.device)
+    if rows is not None:  # only these anchor rows; their targets keep their batch columns
+        query, target = query[rows], target[rows]
+        mask = mask[rows] if mask is not None else None
     logits = scale * query @ candidates.T  # (B, M); target of row i is column i
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
-    target = torch.arange(query.shape[0], device=query.device)
     return F.cross_entropy(logits, target)
 
 
@@ -55,6 +60,7 @@ def info_nce(
     query_ids: Tensor | None = None,
     key_ids: Tensor | None = None,
     negative_ids: Tensor | None = None,
+    rows: slice | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch negatives and optional hard negatives.
 
@@ -71,6 +77,10 @@ def info_nce(
         query_ids: ``(B,)`` ids of the anchors (text hash or label), masks the reverse direction.
         key_ids: ``(B,)`` ids of the positives; candidates with the same id are masked.
         negative_ids: ``(B, K)`` ids of the hard negatives.
+        rows: score only these anchor rows (and, when symmetric, these key rows) against all
+            candidates; the loss is then the mean over them. One process of a multi-process run
+            passes its share of the gathered batch (``contralign.training.distributed``): the
+            row-weighted sum over processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -96,11 +106,11 @@ def info_nce(
                 raise ValueError("info_nce: key_ids given with negatives needs negative_ids too")
             candidate_ids = torch.cat([key_ids, negative_ids.flatten()])
         mask = duplicate_mask(key_ids, candidate_ids)
-    loss = _one_direction(query, candidates, scale, mask)
+    loss = _one_direction(query, candidates, scale, mask, rows)
     if not symmetric:
         return loss
     reverse_mask = duplicate_mask(query_ids, query_ids) if query_ids is not None else None
-    return (loss + _one_direction(key, query, scale, reverse_mask)) / 2
+    return (loss + _one_direction(key, query, scale, reverse_mask, rows)) / 2
 
 
 class InfoNCELoss(nn.Module):
@@ -113,19 +123,27 @@ class InfoNCELoss(nn.Module):
         temperature: τ, or its initial value when learned. SimCSE uses 0.05.
         learnable_temperature: learn τ with the encoder.
         symmetric: add the key → query direction.
+        tiled: compute the loss over ``tile_size × tile_size`` blocks of the logits
+            (``tiled_info_nce``, arXiv:2410.17243): same value and gradients, memory
+            ``O(B·D + tile_size²)`` instead of ``O(B·M)``.
+        tile_size: rows and columns per block when tiled.
 
     Raises:
-        ValueError: a temperature that is not positive and finite (NaN included).
+        ValueError: a temperature that is not positive and finite (NaN included), or a
+            tile size below 1.
     """
 
     def __init__(
         self, temperature: float = 0.05, learnable_temperature: bool = False,
-        symmetric: bool = False,
+        symmetric: bool = False, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
     ) -> None:
         super().__init__()
         if not 0 < temperature < math.inf:  # also rejects NaN, which compares False to anything
             raise ValueError(f"info_nce: temperature must be finite and > 0, got {temperature}")
+        check_tile_size(tile_size, "info_nce")
         self.symmetric = symmetric
+        self.tiled = tiled
+        self.tile_size = tile_size
         log_scale = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.log_scale = nn.Parameter(log_scale)
@@ -138,11 +156,20 @@ class InfoNCELoss(nn.Module):
             return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
         return 1.0 / self.log_scale.exp()
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows`` (untiled only), that of those anchor rows (``info_nce``)."""
         batch.require("info_nce", "key")
         assert batch.key is not None
+        if rows is not None and self.tiled:
+            raise ValueError("info_nce: rows needs tiled: false")
+        if self.tiled:
+            return tiled_info_nce(
+                batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
+                symmetric=self.symmetric, query_ids=batch.query_ids, key_ids=batch.key_ids,
+                negative_ids=batch.negative_ids, tile_size=self.tile_size,
+            )
         return info_nce(
             batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
             symmetric=self.symmetric, query_ids=batch.query_ids, key_ids=batch.key_ids,
-            negative_ids=batch.negative_ids,
+            negative_ids=batch.negative_ids, rows=rows,
         )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_sigmoid_loss
 
 # SigLIP initialises t' = log 10 and b = −10, so training starts near the prior of few positives.
 SIGLIP_LOGIT_SCALE = 10.0
@@ -66,16 +67,23 @@ class SigLIPLoss(nn.Module):
         logit_scale: t, or its initial value when learned (kept as ``t' = log t``); SigLIP's 10.
         logit_bias: b, or its initial value when learned; SigLIP's −10.
         learnable: learn t' and b with the encoders (SigLIP does).
+        tiled: compute the loss over ``tile_size × tile_size`` blocks of the logits
+            (``tiled_sigmoid_loss``): same value and gradients, memory ``O(B·D + tile_size²)``.
+        tile_size: rows and columns per block when tiled.
 
     Raises:
-        ValueError: a scale that is not positive and finite, or a bias that is not finite.
+        ValueError: a scale that is not positive and finite, a bias that is not finite, or a
+            tile size below 1.
     """
 
     def __init__(
         self, logit_scale: float = SIGLIP_LOGIT_SCALE, logit_bias: float = SIGLIP_LOGIT_BIAS,
-        learnable: bool = True,
+        learnable: bool = True, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
     ) -> None:
         super().__init__()
+        check_tile_size(tile_size, "siglip")
+        self.tiled = tiled
+        self.tile_size = tile_size
         if not 0 < logit_scale < math.inf:  # also rejects NaN
             raise ValueError(f"siglip: logit_scale must be finite and > 0, got {logit_scale}")
         if not math.isfinite(logit_bias):
@@ -92,5 +100,8 @@ class SigLIPLoss(nn.Module):
     def forward(self, batch: Embedded) -> Tensor:
         batch.require("siglip", "key")
         assert batch.key is not None
+        if self.tiled:
+            return tiled_sigmoid_loss(batch.query, batch.key, logit_scale=self.log_scale.exp(),
+                                      logit_bias=self.bias, tile_size=self.tile_size)
         return sigmoid_loss(batch.query, batch.key, logit_scale=self.log_scale.exp(),
                             logit_bias=self.bias)

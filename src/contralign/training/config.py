@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -79,8 +79,24 @@ class OptimConfig(StrictConfig):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
 
 
+class GradCacheConfig(StrictConfig):
+    """The gradient cache (GradCache, arXiv:2101.06983): the exact gradient of a large batch
+    with the activation memory of one chunk (see ``contralign.training.cached``).
+
+    ``chunk_size: auto`` picks the largest chunk whose estimated activations fit in half of the
+    free memory of the device (``contralign.training.cached.auto_chunk_size``).
+    """
+
+    enabled: bool = False
+    chunk_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 64
+
+
 class LoopConfig(StrictConfig):
-    """How long to train, in what batches, and how often to log and checkpoint."""
+    """How long to train, in what batches, and how often to log and checkpoint.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each of the N processes embeds a
+    contiguous 1/N of it, and the loss and gradients are those of the whole batch.
+    """
 
     epochs: int = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
@@ -91,6 +107,9 @@ class LoopConfig(StrictConfig):
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    grad_cache: GradCacheConfig = GradCacheConfig()
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the towers, losses in fp32
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # cuda under torchrun: cuda:LOCAL_RANK
 
 
 class EvalConfig(StrictConfig):

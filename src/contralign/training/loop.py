@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -21,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from contralign.core.config import describe_validation_error, load_config
+from contralign.core.dist import barrier, is_main_process, world_size
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.io import atomic_write_text
 from contralign.data import PairBatcher, RecordSet, collate, load_records
@@ -28,6 +30,7 @@ from contralign.encoders.loading import load_tower
 from contralign.encoders.static import StaticEncoder
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
+from contralign.training.cached import accumulate_gradients
 from contralign.training.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -37,6 +40,14 @@ from contralign.training.checkpoint import (
 )
 from contralign.training.config import TrainConfig
 from contralign.training.dev import DevSets
+from contralign.training.distributed import (
+    broadcast_state,
+    destroy_process_group,
+    init_process_group,
+    resolve_device,
+    strategy_for,
+    sync_random_state,
+)
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.task import ContrastiveTask
 from contralign.training.views import build_views, view_batch
@@ -76,7 +87,7 @@ def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
     info = OBJECTIVES[config.objective.name]
     objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
     return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
-                           views_only="views" in info.requires)
+                           views_only="views" in info.requires, precision=config.train.precision)
 
 
 def seed_everything(seed: int) -> None:
@@ -91,6 +102,10 @@ def fit(
 ) -> RunResult:
     """Train a text tower on ``config.data`` and save the run directory.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls ``fit``: it joins the process
+    group (gloo on CPUs, NCCL on GPUs) and leaves it at the end; each process embeds its share
+    of every batch, and only rank 0 writes the run directory (``training.distributed``).
+
     Args:
         config: the run: a ``TrainConfig``, a dict of the same keys, or a YAML file.
         resume: continue from the latest checkpoint in ``config.output_dir``.
@@ -104,14 +119,37 @@ def fit(
     config = _as_config(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    run_dir = _prepare_run_dir(Path(config.output_dir), resume=resume, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.yaml",
-                      yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    device = resolve_device(config.train.device)
+    _check_precision(config, device)
+    created = init_process_group(device)
+    try:
+        return _fit(config, device, resume=resume, overwrite=overwrite, progress=progress,
+                    encoder=encoder)
+    finally:
+        if created:
+            destroy_process_group()
+
+
+def _fit(
+    config: TrainConfig, device: torch.device, *, resume: bool, overwrite: bool, progress: bool,
+    encoder: Tower | None,
+) -> RunResult:
+    main = is_main_process()
+    run_dir = Path(config.output_dir)
+    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # every rank: the same verdict
+    barrier()  # ... reached before rank 0 changes the directory
+    if main:
+        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        atomic_write_text(run_dir / "config.yaml",
+                          yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    barrier()  # the others read the run directory once rank 0 has prepared it
     seed_everything(config.train.seed)
-    records = load_records(config.data, rejects_dir=run_dir)
-    dev = DevSets.from_config(config.eval)
+    # Every rank reads the records; only rank 0 writes the rejects file.
+    data = config.data if main else config.data.model_copy(update={"rejects": os.devnull})
+    records = load_records(data, rejects_dir=run_dir)
+    dev = DevSets.from_config(config.eval) if main else DevSets()
     encoder = encoder if encoder is not None else build_encoder(config)
-    task = build_task(config, encoder)
+    task = build_task(config, encoder).to(device)
     steps_per_epoch = _steps_per_epoch(len(records.records), config)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     optimizer = build_optimizer(task, config.optim)
@@ -120,18 +158,30 @@ def fit(
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1][1], task, optimizer, scheduler)
-    _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    broadcast_state(task)  # identical starting weights (a fresh head is drawn on every rank)
+    if main:
+        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
     started = time.perf_counter()
     pairs = _train(task, records, config, optimizer, scheduler, state, total_steps, run_dir,
-                   dev, progress)
+                   dev, progress and main)
     seconds = time.perf_counter() - started
+    barrier()
     metrics = dev.evaluate(encoder)
-    if metrics:
-        _log(run_dir, {"step": state.step, "eval": metrics})
     model_dir = run_dir / "model"
-    encoder.save(model_dir, extra={"training": _training_fingerprint(config, records, state)})
+    if main:
+        if metrics:
+            _log(run_dir, {"step": state.step, "eval": metrics})
+        encoder.save(model_dir, extra={"training": _training_fingerprint(config, records, state)})
+    barrier()  # when fit returns on any rank, the model folder is complete
     return RunResult(run_dir, model_dir, state.step, metrics, records.skipped,
-                     records.rejects_path, seconds, pairs / seconds if seconds else 0.0)
+                     records.rejects_path if main else None, seconds,
+                     pairs / seconds if seconds else 0.0)
+
+
+def _check_precision(config: TrainConfig, device: torch.device) -> None:
+    if config.train.precision == "bf16" and device.type == "cuda" \
+            and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: bf16 is not supported on this GPU; use fp32")
 
 
 def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -153,20 +203,24 @@ def _train(
     """Run optimiser steps until ``total_steps``; returns the number of pairs trained on."""
     loop = config.train
     batcher = PairBatcher(records.records, loop.batch_size, loop.seed, drop_last=loop.drop_last)
+    _check_shards(batcher, world_size())
     encoder: Tower = task.encoder  # type: ignore[assignment]
     tokenize = encoder.preprocess
     views = build_views(config.views)
+    device = next(task.parameters()).device
     task.train()
     pairs = 0
     with _progress_bar(progress, total_steps, state.step) as advance:
         while state.step < total_steps:
             for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
+                # Every rank collates the whole batch (the same padding, ids and views as one
+                # process) and embeds its own rows of it.
                 batch = dict(collate(batch_records, tokenize))
                 if views:
                     position = (loop.seed, state.epoch, state.batch_in_epoch)
                     batch.update(view_batch(batch_records, views, tokenize, position,
                                             views_only=task.views_only))
-                losses = _step(task, batch, optimizer, scheduler, config)
+                losses = _step(task, _to_device(batch, device), optimizer, scheduler, config)
                 pairs += len(batch_records)
                 state.step += 1
                 state.batch_in_epoch += 1
@@ -183,15 +237,47 @@ def _step(
     task: ContrastiveTask, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig,
 ) -> dict[str, float]:
-    losses = task(batch)
-    losses["loss"].backward()
+    if world_size() > 1:
+        sync_random_state(next(task.parameters()).device)  # rank 0's: resumes draw the same
+    grad_cache = config.train.grad_cache
+    losses = accumulate_gradients(
+        task, batch, chunk_size=grad_cache.chunk_size if grad_cache.enabled else None,
+        strategy=strategy_for(task.objective))
     if config.optim.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(task.parameters(), config.optim.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     task.after_step()
-    return {name: float(value.detach()) for name, value in losses.items()}
+    return losses
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+def _check_shards(batcher: PairBatcher, world: int) -> None:
+    """Every rank needs at least one row of every batch.
+
+    Raises:
+        ConfigError: a batch with fewer records than processes.
+    """
+    if world == 1:
+        return
+    smallest = min(batcher.batch_size, len(batcher.records) % batcher.batch_size
+                   or batcher.batch_size)
+    if batcher.drop_last:
+        smallest = batcher.batch_size
+    if smallest < world:
+        raise ConfigError(f"train.batch_size: a batch of {smallest} records cannot be split over "
+                          f"{world} processes (set train.drop_last: true, or a batch size whose "
+                          "last batch holds at least one record per process)")
 
 
 def _after_step(
@@ -200,6 +286,8 @@ def _after_step(
     run_dir: Path, dev: DevSets,
 ) -> None:
     loop = config.train
+    if not is_main_process():  # only rank 0 logs, evaluates and writes checkpoints
+        return
     if state.step % loop.log_every == 0:
         _log(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
                        "lr": scheduler.get_last_lr()[0]})
@@ -222,15 +310,20 @@ def _steps_per_epoch(n_records: int, config: TrainConfig) -> int:
     return steps
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not overwrite:
-            raise ContralignError(f"output_dir: {run_dir} already holds a run; pass --resume to "
-                                  "continue it, or choose another output_dir")
-        shutil.rmtree(run_dir)
+def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory that holds a run we may not replace or resume."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume and not overwrite:
+        raise ContralignError(f"output_dir: {run_dir} already holds a run; pass --resume to "
+                              "continue it, or choose another output_dir")
     if resume and not list_checkpoints(run_dir / "checkpoints"):
         if run_dir.exists() and (run_dir / "model").exists():
             raise ContralignError(f"--resume: {run_dir} finished already (no checkpoint to resume)")
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
+    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        shutil.rmtree(run_dir)  # overwrite
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
