@@ -140,3 +140,29 @@ def test_objective_params_are_checked(tmp_path, objective, message):
     path.write_text(yaml.safe_dump({"data": {"path": "x.jsonl"}, "objective": objective}))
     with pytest.raises(ConfigError, match=message):
         load_config(TrainConfig, path)
+
+
+def test_dropout_draws_follow_the_dataloader_convention(tiny_model_dir, pairs_file, tmp_path):
+    """Seeded right before training, then one draw per epoch start like torch's DataLoader: the
+    first dropout mask is the one a DataLoader-based trainer (sentence-transformers) draws."""
+    from contralign.training.loop import _draw_loader_seed
+
+    config = _config(tiny_model_dir, pairs_file, tmp_path / "run", epochs=1, max_steps=1)
+    seen: list[torch.Tensor] = []
+    original = torch.nn.functional.dropout
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_rng_state())
+        return original(*args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch("torch.nn.functional.dropout", spy):
+        fit(config, progress=False)
+    torch.manual_seed(config.train.seed)
+    list(iter(torch.utils.data.DataLoader(range(4))))[:0]  # a DataLoader's draw at epoch start
+    expected = torch.get_rng_state()
+    torch.manual_seed(config.train.seed)
+    _draw_loader_seed()
+    assert torch.equal(torch.get_rng_state(), expected)
+    assert torch.equal(seen[0], expected)

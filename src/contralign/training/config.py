@@ -40,6 +40,7 @@ class ObjectiveConfig(StrictConfig):
                              f"{', '.join(sorted(OBJECTIVES))}")
         info = OBJECTIVES[self.name]
         accepted = info.parameters()
+        accepted["mask_duplicates"] = (bool, True)  # a task setting every objective takes
         if info.momentum_keys:
             accepted["momentum"] = (float, 0.999)
         for key, value in (self.model_extra or {}).items():
@@ -56,7 +57,13 @@ class ObjectiveConfig(StrictConfig):
     @property
     def params(self) -> dict[str, Any]:
         """The objective module's own parameters (every key but ``name`` and ``momentum``)."""
-        return {k: v for k, v in (self.model_extra or {}).items() if k != "momentum"}
+        task_keys = ("momentum", "mask_duplicates")
+        return {k: v for k, v in (self.model_extra or {}).items() if k not in task_keys}
+
+    @property
+    def mask_duplicates(self) -> bool:
+        """Never use a duplicate of a row's positive (same text or label) as its negative."""
+        return bool((self.model_extra or {}).get("mask_duplicates", True))
 
     @property
     def momentum(self) -> float | None:

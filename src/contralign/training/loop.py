@@ -87,7 +87,8 @@ def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
     info = OBJECTIVES[config.objective.name]
     objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
     return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
-                           views_only="views" in info.requires, precision=config.train.precision)
+                           views_only="views" in info.requires, precision=config.train.precision,
+                           mask_duplicates=config.objective.mask_duplicates)
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +155,9 @@ def _fit(
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     optimizer = build_optimizer(task, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps)
+    # Seed again once the model is built, as transformers' Trainer does when training starts: a
+    # model that draws while loading (a fresh head) must not shift the dropout draws.
+    seed_everything(config.train.seed)
     state = TrainState()
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if resume and checkpoints:
@@ -195,6 +199,16 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig
     return load_config(TrainConfig, config)
 
 
+def _draw_loader_seed() -> None:
+    """Take one number from torch's global generator, as a DataLoader does at each epoch start.
+
+    PyTorch's DataLoader draws its workers' base seed from the global generator whenever an
+    epoch's iterator starts. Drawing the same keeps the dropout masks of a run identical to a
+    DataLoader-based trainer's (transformers, sentence-transformers) with the same seed.
+    """
+    torch.empty((), dtype=torch.int64).random_()
+
+
 def _train(
     task: ContrastiveTask, records: RecordSet, config: TrainConfig,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
@@ -212,6 +226,8 @@ def _train(
     pairs = 0
     with _progress_bar(progress, total_steps, state.step) as advance:
         while state.step < total_steps:
+            if state.batch_in_epoch == 0:
+                _draw_loader_seed()
             for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
                 # Every rank collates the whole batch (the same padding, ids and views as one
                 # process) and embeds its own rows of it.
