@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import log_scale_of, register_log_scale
 
 # CLIP initialises τ at 0.07 and clips the logit scale 1/τ at 100.
 CLIP_TEMPERATURE = 0.07
@@ -93,16 +94,12 @@ class CLIPLoss(nn.Module):
             raise ValueError(f"clip: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.max_logit_scale = max_logit_scale
         self.label_smoothing = label_smoothing
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        if learnable_temperature:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        register_log_scale(self, temperature, learnable_temperature)
 
     @property
     def logit_scale(self) -> Tensor:
         """``1/τ``, clamped at ``max_logit_scale``."""
-        return self.log_scale.clamp(max=math.log(self.max_logit_scale)).exp()
+        return log_scale_of(self).clamp(max=math.log(self.max_logit_scale)).exp()
 
     def forward(self, batch: Embedded) -> Tensor:
         batch.require("clip", "key")

@@ -15,10 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import register_log_scale, temperature_of
 from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_info_nce
-
-# CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
-MAX_LOGIT_SCALE = 100.0
 
 
 def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
@@ -144,17 +142,11 @@ class InfoNCELoss(nn.Module):
         self.symmetric = symmetric
         self.tiled = tiled
         self.tile_size = tile_size
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        if learnable_temperature:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        register_log_scale(self, temperature, learnable_temperature)
 
     @property
     def temperature(self) -> Tensor:
-        if isinstance(self.log_scale, nn.Parameter):
-            return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-        return 1.0 / self.log_scale.exp()
+        return temperature_of(self)
 
     def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
         """The loss; with ``rows`` (untiled only), that of those anchor rows (``info_nce``)."""

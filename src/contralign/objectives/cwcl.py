@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contralign.objectives.contrastive import MAX_LOGIT_SCALE
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import register_log_scale, temperature_of
 
 WeightsFrom = Literal["key", "query"]
 WEIGHTS_FROM: tuple[str, ...] = get_args(WeightsFrom)
@@ -110,17 +110,11 @@ class CWCLLoss(nn.Module):
                              f"{weights_from!r}")
         self.weights_from: WeightsFrom = weights_from
         self.symmetric = symmetric
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        if learnable_temperature:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        register_log_scale(self, temperature, learnable_temperature)
 
     @property
     def temperature(self) -> Tensor:
-        if isinstance(self.log_scale, nn.Parameter):
-            return 1.0 / self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
-        return 1.0 / self.log_scale.exp()
+        return temperature_of(self)
 
     def forward(self, batch: Embedded) -> Tensor:
         batch.require("cwcl", "key")

@@ -1,0 +1,39 @@
+"""The softmax temperature that several objectives share, fixed or learned.
+
+Kept as a log logit scale, ``log(1/τ)``: a parameter when learned (clamped at
+``MAX_LOGIT_SCALE``, as in CLIP arXiv:2103.00020), a buffer when fixed, so it is saved either way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
+MAX_LOGIT_SCALE = 100.0
+
+
+def register_log_scale(module: nn.Module, temperature: float, learnable: bool) -> None:
+    """Give ``module`` a ``log_scale`` of ``log(1/temperature)``: a parameter if learned."""
+    log_scale = torch.tensor(math.log(1.0 / temperature))
+    if learnable:
+        module.log_scale = nn.Parameter(log_scale)
+    else:
+        module.register_buffer("log_scale", log_scale)
+
+
+def log_scale_of(module: nn.Module) -> Tensor:
+    """The ``log_scale`` that ``register_log_scale`` gave ``module``."""
+    log_scale = module.log_scale
+    assert isinstance(log_scale, Tensor)
+    return log_scale
+
+
+def temperature_of(module: nn.Module) -> Tensor:
+    """τ of ``module``; a learned one (a parameter) is clamped at ``MAX_LOGIT_SCALE``."""
+    log_scale = log_scale_of(module)
+    if isinstance(log_scale, nn.Parameter):
+        return 1.0 / log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+    return 1.0 / log_scale.exp()
