@@ -49,7 +49,7 @@ def write_st_layout(
         {"idx": 0, "name": "0", "path": "", "type": f"{_ST_TYPES}.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": f"{_ST_TYPES}.Pooling"},
     ]
-    _write_json(folder / "1_Pooling" / "config.json", {
+    write_json(folder / "1_Pooling" / "config.json", {
         "word_embedding_dimension": hidden_dim,
         "pooling_mode_cls_token": config.pooling == "cls",
         "pooling_mode_mean_tokens": config.pooling == "mean",
@@ -59,7 +59,7 @@ def write_st_layout(
     })
     if head is not None:
         modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": f"{_ST_TYPES}.Dense"})
-        _write_json(folder / "2_Dense" / "config.json", {
+        write_json(folder / "2_Dense" / "config.json", {
             "in_features": head.in_features,
             "out_features": head.out_features,
             "bias": head.bias is not None,
@@ -72,15 +72,15 @@ def write_st_layout(
         modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
                         "type": f"{_ST_TYPES}.Normalize"})
         (folder / f"{idx}_Normalize").mkdir(exist_ok=True)
-    _write_json(folder / "modules.json", modules)
-    _write_json(folder / "sentence_bert_config.json",
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "sentence_bert_config.json",
                 {"max_seq_length": config.max_length, "do_lower_case": False})
-    _write_json(folder / "config_sentence_transformers.json",
+    write_json(folder / "config_sentence_transformers.json",
                 {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None})
 
 
 def write_contralign_file(folder: Path, config: TextEncoderConfig, extra: dict[str, Any]) -> None:
-    _write_json(folder / CONTRALIGN_FILE, {"tower": "text", **asdict(config), **extra})
+    write_json(folder / CONTRALIGN_FILE, {"tower": "text", **asdict(config), **extra})
 
 
 def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
@@ -95,17 +95,17 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
     has_head = (folder / "2_Dense" / "model.safetensors").is_file()
     ours = folder / CONTRALIGN_FILE
     if ours.is_file():
-        data = _read_json(ours)
+        data = read_json(ours)
         fields = TextEncoderConfig.__dataclass_fields__
         return TextEncoderConfig(**{k: v for k, v in data.items() if k in fields}), has_head
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return TextEncoderConfig(), False
-    types = [m.get("type", "").rsplit(".", 1)[-1] for m in _read_json(modules_file)]
+    types = [m.get("type", "").rsplit(".", 1)[-1] for m in read_json(modules_file)]
     pooling: PoolingMode = "mean"
     pooling_file = folder / "1_Pooling" / "config.json"
     if pooling_file.is_file():
-        flags = _read_json(pooling_file)
+        flags = read_json(pooling_file)
         for mode, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"),
                           ("last", "pooling_mode_lasttoken"), ("mean", "pooling_mode_mean_tokens")):
             if flags.get(key):
@@ -113,7 +113,7 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
         if flags.get("pooling_mode") in POOLING_MODES:  # newer sentence-transformers key
             pooling = flags["pooling_mode"]
     st_config = folder / "sentence_bert_config.json"
-    max_length = _read_json(st_config).get("max_seq_length", 256) if st_config.is_file() else 256
+    max_length = read_json(st_config).get("max_seq_length", 256) if st_config.is_file() else 256
     config = TextEncoderConfig(pooling=pooling, normalize="Normalize" in types,
                                max_length=int(max_length or 256))
     return config, has_head and "Dense" in types
@@ -121,7 +121,7 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
 
 def load_head(folder: Path) -> torch.nn.Linear:
     """Load a ``2_Dense`` projection head (safetensors only)."""
-    config = _read_json(folder / "2_Dense" / "config.json")
+    config = read_json(folder / "2_Dense" / "config.json")
     head = torch.nn.Linear(config["in_features"], config["out_features"], bias=config["bias"])
     weights = load_file(str(folder / "2_Dense" / "model.safetensors"))
     head.load_state_dict({k.removeprefix("linear."): v for k, v in weights.items()})
@@ -139,12 +139,12 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:

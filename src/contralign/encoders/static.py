@@ -44,7 +44,12 @@ from torch import Tensor, nn
 
 from contralign.core.errors import ModelNotFoundError
 from contralign.core.io import atomic_directory
-from contralign.encoders.folder import CONTRALIGN_FILE, weights_fingerprint
+from contralign.encoders.folder import (
+    CONTRALIGN_FILE,
+    read_json,
+    weights_fingerprint,
+    write_json,
+)
 from contralign.encoders.resolve import resolve_model
 
 STATIC_TOWER = "static"
@@ -320,14 +325,14 @@ class StaticEncoder(nn.Module):
             if self.config.normalize:
                 modules.append({"idx": 1, "name": "1", "path": "1_Normalize",
                                 "type": f"{_ST_TYPES}.Normalize"})
-                _write_json(tmp / "1_Normalize" / "config.json",
+                write_json(tmp / "1_Normalize" / "config.json",
                             {"module_input_name": "sentence_embedding",
                              "module_output_name": "sentence_embedding"})
-            _write_json(tmp / "modules.json", modules)
-            _write_json(tmp / "config_sentence_transformers.json",
+            write_json(tmp / "modules.json", modules)
+            write_json(tmp / "config_sentence_transformers.json",
                         {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine",
                          "prompts": {}, "default_prompt_name": None})
-            _write_json(tmp / CONTRALIGN_FILE, {
+            write_json(tmp / CONTRALIGN_FILE, {
                 "tower": STATIC_TOWER, **dataclasses.asdict(self.config), "source": self.source,
                 "fingerprint": self.fingerprint(), **(extra or {})})
 
@@ -369,7 +374,7 @@ def read_static_folder(folder: Path) -> tuple[Tokenizer, Tensor, StaticEncoderCo
     truncation = tokenizer.truncation
     temperature = None
     if (folder / CONTRALIGN_FILE).is_file():
-        temperature = _read_json(folder / CONTRALIGN_FILE).get("temperature")
+        temperature = read_json(folder / CONTRALIGN_FILE).get("temperature")
     config = StaticEncoderConfig(normalize="Normalize" in types,
                                  max_length=truncation["max_length"] if truncation else None,
                                  temperature=temperature)
@@ -391,7 +396,7 @@ def _static_modules(folder: Path) -> tuple[list[str], Path]:
     """The short type names in ``modules.json`` and the folder of its ``StaticEmbedding``."""
     if not (folder / "modules.json").is_file():
         raise ModelNotFoundError(f"model: {folder}: not a static-embedding model (no modules.json)")
-    modules = _read_json(folder / "modules.json")
+    modules = read_json(folder / "modules.json")
     if not isinstance(modules, list) or not modules:
         raise ModelNotFoundError(f"model: {folder}: modules.json lists no modules")
     types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
@@ -446,15 +451,3 @@ def _progress(items: range, show: bool) -> Any:
     from rich.progress import track
 
     return track(items, description="Encoding", transient=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelNotFoundError(f"{path}: unreadable model file ({err})") from None
