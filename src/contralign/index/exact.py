@@ -99,6 +99,20 @@ def top_k_rows(scores: np.ndarray, k: int, offset: int = 0) -> tuple[np.ndarray,
     )
 
 
+def prepare_queries(
+    index: VectorIndex, queries: np.ndarray, k: int, normalize: bool
+) -> tuple[np.ndarray, int]:
+    """Check ``queries (Q, D)`` against ``index``, normalise them if asked, and cap ``k``.
+
+    Raises:
+        ValueError: bad query shape or ``k < 1``.
+    """
+    q = as_matrix(queries, "queries", index.dim)
+    if normalize:
+        q = np.ascontiguousarray(l2_normalize(q))
+    return q, check_k(k, len(index))
+
+
 class ExactIndex:
     """Brute-force inner-product search over a corpus, chunked so memory stays bounded.
 
@@ -144,10 +158,7 @@ class ExactIndex:
         Raises:
             ValueError: bad query shape or ``k < 1``.
         """
-        q = as_matrix(queries, "queries", self.dim)
-        if self.normalize:
-            q = l2_normalize(q)
-        k = check_k(k, len(self))
+        q, k = prepare_queries(self, queries, k, self.normalize)
         best_scores = np.empty((len(q), 0), dtype=np.float32)
         best_ids = np.empty((len(q), 0), dtype=np.int64)
         for start in range(0, len(self), self.chunk_size):

@@ -11,7 +11,13 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from contralign.core.errors import ContralignError
-from contralign.index.exact import ExactIndex, VectorIndex, as_matrix, check_k, l2_normalize
+from contralign.index.exact import (
+    ExactIndex,
+    VectorIndex,
+    as_matrix,
+    l2_normalize,
+    prepare_queries,
+)
 
 Backend = Literal["auto", "exact", "faiss"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -77,10 +83,7 @@ class FaissIndex:
         Raises:
             ValueError: bad query shape or ``k < 1``.
         """
-        q = as_matrix(queries, "queries", self.dim)
-        if self.normalize:
-            q = np.ascontiguousarray(l2_normalize(q))
-        k = check_k(k, len(self))
+        q, k = prepare_queries(self, queries, k, self.normalize)
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
         scores, ids = self._index.search(q, k)  # (Q, k), (Q, k)

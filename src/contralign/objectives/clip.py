@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import log_scale_of, register_log_scale
+from contralign.objectives.temperature import check_temperature, log_scale_of, register_log_scale
 
 # CLIP initialises τ at 0.07 and clips the logit scale 1/τ at 100.
 CLIP_TEMPERATURE = 0.07
@@ -86,8 +86,7 @@ class CLIPLoss(nn.Module):
         max_logit_scale: float = MAX_LOGIT_SCALE, label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:  # also rejects NaN
-            raise ValueError(f"clip: temperature must be finite and > 0, got {temperature}")
+        check_temperature("clip", temperature)
         if not 0 < max_logit_scale < math.inf:
             raise ValueError(f"clip: max_logit_scale must be finite and > 0, got {max_logit_scale}")
         if not 0.0 <= label_smoothing < 1.0:

@@ -8,14 +8,12 @@ label) is never used as a negative.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import register_log_scale, temperature_of
+from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
 from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_info_nce
 
 
@@ -136,8 +134,7 @@ class InfoNCELoss(nn.Module):
         symmetric: bool = False, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:  # also rejects NaN, which compares False to anything
-            raise ValueError(f"info_nce: temperature must be finite and > 0, got {temperature}")
+        check_temperature("info_nce", temperature)
         check_tile_size(tile_size, "info_nce")
         self.symmetric = symmetric
         self.tiled = tiled

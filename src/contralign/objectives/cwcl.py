@@ -17,7 +17,6 @@ scale and changes nothing else. With one-hot weights (``w_ij = [i = j]``) it wou
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import register_log_scale, temperature_of
+from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
 
 WeightsFrom = Literal["key", "query"]
 WEIGHTS_FROM: tuple[str, ...] = get_args(WeightsFrom)
@@ -103,8 +102,7 @@ class CWCLLoss(nn.Module):
         weights_from: WeightsFrom = "key", symmetric: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:
-            raise ValueError(f"cwcl: temperature must be finite and > 0, got {temperature}")
+        check_temperature("cwcl", temperature)
         if weights_from not in WEIGHTS_FROM:
             raise ValueError(f"cwcl: weights_from must be one of {WEIGHTS_FROM}, got "
                              f"{weights_from!r}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 Candidates = Literal["both_views", "other_view"]
 CANDIDATES: tuple[str, ...] = get_args(Candidates)
@@ -123,8 +124,7 @@ def _estimator_loss(
 
 
 def _check(name: str, temperature: float, tau_plus: float, candidates: str) -> None:
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"{name}: temperature must be finite and > 0, got {temperature}")
+    check_temperature(name, temperature)
     if not 0 <= tau_plus < 1:
         raise ValueError(f"{name}: tau_plus must be in [0, 1), got {tau_plus}")
     if candidates not in CANDIDATES:

@@ -27,6 +27,7 @@ from contralign.objectives.debiased import (
     pair_logits,
 )
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 
 def von_mises_fisher_weights(query: Tensor, key: Tensor, sigma: float = 0.5) -> Tensor:
@@ -43,8 +44,7 @@ def von_mises_fisher_weights(query: Tensor, key: Tensor, sigma: float = 0.5) -> 
 
 
 def _check(temperature: float, weight_sigma: float | None, candidates: str) -> None:
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"decoupled: temperature must be finite and > 0, got {temperature}")
+    check_temperature("decoupled", temperature)
     if weight_sigma is not None and not 0 < weight_sigma < math.inf:
         raise ValueError(f"decoupled: weight_sigma must be finite and > 0, got {weight_sigma}")
     if candidates not in CANDIDATES:

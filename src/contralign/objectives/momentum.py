@@ -18,8 +18,6 @@ Paper defaults (MoCo v2): Ï„ = 0.2, queue 65,536 keys, m = 0.999. MoCo v1 used Ï
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
@@ -27,6 +25,7 @@ from torch import Tensor, nn
 
 from contralign.core.dist import world_size
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 PAPER_QUEUE_SIZE = 65_536  # MoCo v1/v2 on ImageNet
 PAPER_TEMPERATURE = 0.2  # MoCo v2; v1 used 0.07
@@ -128,8 +127,7 @@ def moco_loss(query: Tensor, key: Tensor, queue: Tensor, temperature: float = PA
                          "both be (B, D)")
     if queue.dim() != 2 or queue.shape[1] != query.shape[1]:
         raise ValueError(f"moco: queue {tuple(queue.shape)} must be (n, {query.shape[1]})")
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"moco: temperature must be finite and > 0, got {temperature}")
+    check_temperature("moco", temperature)
     query = F.normalize(query, dim=-1)
     key = F.normalize(key.detach(), dim=-1)
     negatives = F.normalize(queue.detach().to(query), dim=-1)
@@ -184,8 +182,7 @@ class MoCoLoss(nn.Module):
     def __init__(self, dim: int, queue_size: int = 4096,
                  temperature: float = PAPER_TEMPERATURE) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:
-            raise ValueError(f"moco: temperature must be finite and > 0, got {temperature}")
+        check_temperature("moco", temperature)
         if dim < 1 or queue_size < 1:
             raise ValueError(f"moco: dim and queue_size must be >= 1, got dim={dim}, "
                              f"queue_size={queue_size}")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
 PolyViewMean = Literal["geometric", "arithmetic"]
@@ -177,8 +178,7 @@ class NTXentLoss(nn.Module):
         poly_view_mean: PolyViewMean = "geometric",
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:  # also rejects NaN
-            raise ValueError(f"nt_xent: temperature must be finite and > 0, got {temperature}")
+        check_temperature("nt_xent", temperature)
         _check_choice("aggregation", aggregation, get_args(Aggregation))
         _check_choice("poly_view_mean", poly_view_mean, get_args(PolyViewMean))
         self.temperature = temperature

@@ -17,14 +17,12 @@ symmetric InfoNCE. The authors' released code also divides both terms by K once 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import register_log_scale, temperature_of
+from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
 
 
 def one_to_k_contrastive(
@@ -88,8 +86,7 @@ class OneToKContrastiveLoss(nn.Module):
         symmetric: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:
-            raise ValueError(f"one_to_k: temperature must be finite and > 0, got {temperature}")
+        check_temperature("one_to_k", temperature)
         self.symmetric = symmetric
         register_log_scale(self, temperature, learnable_temperature)
 

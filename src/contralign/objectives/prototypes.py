@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from contralign.core.dist import world_size
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 
 def _all_reduce(value: Tensor, op: Any = torch_dist.ReduceOp.SUM) -> Tensor:
@@ -124,8 +125,7 @@ def swav_multi_view_loss(
     if prototypes.dim() != 2 or prototypes.shape[1] != views.shape[2]:
         raise ValueError(f"swav: prototypes {tuple(prototypes.shape)} must be (K, "
                          f"{views.shape[2]})")
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"swav: temperature must be finite and > 0, got {temperature}")
+    check_temperature("swav", temperature)
     scores = F.normalize(views, dim=-1) @ prototypes.T  # (B, V, K)
     n_views = views.shape[1]
     if codes is None:

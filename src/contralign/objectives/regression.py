@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 
 def _check(threshold: float, temperature: float, push_rate: float) -> None:
     if not 0 <= threshold < math.inf:
         raise ValueError(f"conr: threshold must be finite and >= 0, got {threshold}")
-    if not 0 < temperature < math.inf:
-        raise ValueError(f"conr: temperature must be finite and > 0, got {temperature}")
+    check_temperature("conr", temperature)
     if not 0 <= push_rate < math.inf:
         raise ValueError(f"conr: push_rate must be finite and >= 0, got {push_rate}")
 

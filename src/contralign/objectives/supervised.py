@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import check_temperature
 
 Variant = Literal["out", "in"]
 
@@ -127,8 +128,7 @@ class SupConLoss(nn.Module):
         base_temperature: float | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < temperature < math.inf:  # also rejects NaN
-            raise ValueError(f"supcon: temperature must be finite and > 0, got {temperature}")
+        check_temperature("supcon", temperature)
         if base_temperature is not None and not 0 < base_temperature < math.inf:
             raise ValueError("supcon: base_temperature must be finite and > 0, "
                              f"got {base_temperature}")

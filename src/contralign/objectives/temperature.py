@@ -15,6 +15,12 @@ from torch import Tensor, nn
 MAX_LOGIT_SCALE = 100.0
 
 
+def check_temperature(objective: str, temperature: float, key: str = "temperature") -> None:
+    """Raise ``ValueError`` naming the objective unless ``temperature`` is finite and > 0."""
+    if not 0 < temperature < math.inf:  # also rejects NaN, which compares False to anything
+        raise ValueError(f"{objective}: {key} must be finite and > 0, got {temperature}")
+
+
 def register_log_scale(module: nn.Module, temperature: float, learnable: bool) -> None:
     """Give ``module`` a ``log_scale`` of ``log(1/temperature)``: a parameter if learned."""
     log_scale = torch.tensor(math.log(1.0 / temperature))
