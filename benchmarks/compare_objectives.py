@@ -12,12 +12,14 @@ objectives; every objective keeps its own registered defaults (temperatures, que
   moco, swav, whitened_cse, and one_to_k with the same two views as its K = 2 views of the text.
 * **sup** (SICK-E entailment pairs: anchor = sentence1, positive = sentence2, the 1,299 rows
   labelled ENTAILMENT): the pair objectives (info_nce, clip, siglip, debiased, hard_negative,
-  decoupled, align_uniform, cwcl) on the static tower and on all-MiniLM-L6-v2 (one epoch, batch
-  64, max length 64, lr 5e-5; a subset, ``--minilm``). ``supcon`` on the static tower gets labels:
-  texts joined by an entailment pair share a label (the connected components of the entailment
-  graph; most labels hold the two texts of one pair).
+  decoupled, align_uniform, cwcl). ``supcon`` gets labels: texts joined by an entailment pair
+  share a label (the connected components of the entailment graph; most labels hold the two
+  texts of one pair).
 * **graded**: ``conr`` on STS-B train (anchor = sentence1, positive = sentence2, score = score, the
-  pair's 0-5 similarity as the regression target of both its texts) on the static tower.
+  pair's 0-5 similarity as the regression target of both its texts).
+
+The supervised and graded objectives train the static tower and all-MiniLM-L6-v2 (the steps of
+one SICK-E epoch, batch 64, max length 64, lr 5e-5; ``--minilm`` chooses which).
 
 Every trained model, and each untrained tower, is scored on STS-B dev and SICK-R trial (Spearman
 x 100 of cosine) and on the geometry of the STS-B dev pairs with score >= 4: alignment and
@@ -80,7 +82,7 @@ PAIR_OBJECTIVES = ("info_nce", "clip", "siglip", "debiased", "hard_negative", "d
                    "align_uniform", "cwcl")
 LABEL_OBJECTIVES = ("supcon",)
 GRADED_OBJECTIVES = ("conr",)
-MINILM_DEFAULT = ("info_nce", "siglip")  # ~4 min a run on a busy 2-core machine
+MINILM_DEFAULT = PAIR_OBJECTIVES + LABEL_OBJECTIVES + GRADED_OBJECTIVES  # ~3 min a run
 
 RESULTS_START = "<!-- compare_objectives:start -->"
 RESULTS_END = "<!-- compare_objectives:end -->"
@@ -225,10 +227,17 @@ def plan(data: Data, objectives: set[str], minilm: set[str], quick: bool) -> lis
                      setting="sup (labels)") for name in LABEL_OBJECTIVES]
     runs += [replace(sup, objective=name, data=str(data.stsb_train), setting="graded")
              for name in GRADED_OBJECTIVES]
-    if not quick:
-        runs += [Run(name, MINILM, "sup", str(data.entailment), MINILM_BATCH, MINILM_LR,
-                     epochs=MINILM_EPOCHS, max_length=MINILM_MAX_LENGTH)
-                 for name in PAIR_OBJECTIVES if name in minilm]
+    if not quick:  # the supervised objectives on MiniLM, with the steps of one SICK-E epoch
+        steps = math.ceil(data.facts["entailment_pairs"] / MINILM_BATCH) * MINILM_EPOCHS
+        minilm_sup = Run("", MINILM, "sup", str(data.entailment), MINILM_BATCH, MINILM_LR,
+                         max_steps=steps, max_length=MINILM_MAX_LENGTH)
+        by_setting = [(PAIR_OBJECTIVES, minilm_sup),
+                      (LABEL_OBJECTIVES, replace(minilm_sup, data=str(data.entailment_labelled),
+                                                 setting="sup (labels)")),
+                      (GRADED_OBJECTIVES, replace(minilm_sup, data=str(data.stsb_train),
+                                                  setting="graded"))]
+        runs += [replace(run, objective=name) for names, run in by_setting
+                 for name in names if name in minilm]
     runs = [run for run in runs if run.objective in objectives]
     if quick:
         runs = [replace(run, max_steps=QUICK_STEPS) for run in runs]
@@ -372,9 +381,10 @@ def budget_text(minilm: Sequence[str]) -> str:
         f"views: {views}\n"
         f"- sup / sup (labels) / graded: wordllama-256, {SUP_STEPS} steps × batch {SUP_BATCH}, "
         f"lr {STATIC_LR:g}\n"
-        f"- sup on MiniLM-L6 (all-MiniLM-L6-v2, its own mean pooling, max length "
-        f"{MINILM_MAX_LENGTH}): {MINILM_EPOCHS} epoch × batch {MINILM_BATCH}, lr {MINILM_LR:g}; "
-        f"objectives: {', '.join(minilm) or 'none'}\n"
+        f"- MiniLM-L6 (all-MiniLM-L6-v2, its own mean pooling, max length "
+        f"{MINILM_MAX_LENGTH}): the steps of {MINILM_EPOCHS} epoch of SICK-E × batch "
+        f"{MINILM_BATCH}, lr {MINILM_LR:g}, in each objective's setting (sup, sup (labels), "
+        f"graded); objectives: {', '.join(minilm) or 'none'}\n"
         f"- all: AdamW, weight decay {WEIGHT_DECAY:g}, {WARMUP_RATIO:.0%} linear warmup then "
         f"linear decay, gradient clipping 1.0, seed {SEED}; each objective with its registered "
         "default parameters\n")
@@ -446,7 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--objectives", default=None,
                         help="comma-separated objectives to run (default: every registered one)")
     parser.add_argument("--minilm", default=",".join(MINILM_DEFAULT),
-                        help="comma-separated pair objectives to also train on MiniLM "
+                        help="comma-separated supervised objectives to also train on MiniLM "
                              f"(default {','.join(MINILM_DEFAULT)}; 'all' or 'none')")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown file for the table (default docs/objectives.md on a full "
@@ -459,10 +469,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     known = set(OBJECTIVES)
     args.objective_set = set(args.objectives.split(",")) if args.objectives else known
-    named = {"all": set(PAIR_OBJECTIVES), "none": set()}
+    supervised = set(PAIR_OBJECTIVES + LABEL_OBJECTIVES + GRADED_OBJECTIVES)
+    named = {"all": supervised, "none": set()}
     args.minilm_set = named[args.minilm] if args.minilm in named else set(args.minilm.split(","))
     for flag, chosen, allowed in (("--objectives", args.objective_set, known),
-                                  ("--minilm", args.minilm_set, set(PAIR_OBJECTIVES))):
+                                  ("--minilm", args.minilm_set, supervised)):
         unknown = sorted(chosen - allowed)
         if unknown:
             parser.error(f"{flag}: not one of these objectives: {', '.join(unknown)}; choose "
@@ -520,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"{fmt(row.get('sickr'))}  {fmt(row.get('seconds'), 1)} s  "
                   f"{row.get('note', '')}", flush=True)
     wall = time.perf_counter() - started
-    minilm = [name for name in PAIR_OBJECTIVES if name in args.minilm_set and not args.quick]
+    minilm = [name for name in PAIR_OBJECTIVES + LABEL_OBJECTIVES + GRADED_OBJECTIVES
+              if name in args.minilm_set and not args.quick]
     print()
     print(f"budget ({wall / 60:.1f} min in all):\n{budget_text(minilm)}")
     print(markdown_table(rows))
