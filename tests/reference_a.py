@@ -86,7 +86,8 @@ def naive_poly_view(views: Tensor, temperature: float, mean: str) -> Tensor:
     """Poly-view (arXiv:2403.05490): ratios against the positive and all other items' views.
 
     ``r_{αβ} = e^{s(a,p)} / (e^{s(a,p)} + Σ_{j≠i,γ} e^{s(a, z_{jγ})})``; geometric: −mean_β log r;
-    arithmetic: −log mean_β r; mean over all anchors.
+    arithmetic: −log mean_β r; mean over all anchors. Written from ``nt_xent``'s docstring, not
+    from the paper's equations, which could not be read (see ``nt_xent``).
     """
     batch, num_views, _ = views.shape
     total = _zero()

@@ -4,6 +4,7 @@ against naive loops (tests/reference_b.py), known answers, invariances and refer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -538,6 +539,24 @@ def test_cwcl_learnable_temperature_gets_a_gradient() -> None:
     module(Embedded(query, key)).backward()
     assert module.log_scale.grad is not None and module.log_scale.grad != 0
     assert list(CWCLLoss().parameters()) == []
+
+
+def test_cwcl_warns_once_when_its_target_side_is_trained() -> None:
+    # The paper's targets come from a pretrained tower that is not trained; target embeddings
+    # that require gradient mean a trained (e.g. shared) tower, which the module reports once.
+    query, key = leaves((4, 5), (4, 5), seed=18)
+    module = CWCLLoss()
+    with pytest.warns(UserWarning, match=r"^cwcl: .*key embeddings.*objective\.momentum: 1\.0"):
+        module(Embedded(query, key))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning below fails the test
+        module(Embedded(query, key))  # once per module
+        CWCLLoss()(Embedded(query, key.detach()))  # keys from a frozen tower
+        CWCLLoss(weights_from="query")(Embedded(query.detach(), key))  # targets: the query
+        with torch.no_grad():
+            CWCLLoss()(Embedded(query, key))  # evaluation: nothing is trained
+    with pytest.warns(UserWarning, match=r"query embeddings.*weights_from: key"):
+        CWCLLoss(weights_from="query")(Embedded(query, key.detach()))
 
 
 @pytest.mark.parametrize(("make", "bad"), [

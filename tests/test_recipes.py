@@ -87,3 +87,45 @@ def test_every_objective_trains_through_the_task(name, tiny_model_dir):
                  if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
                  and "pooler" not in n]
     assert not untouched, untouched
+
+
+def test_cwcl_keys_can_come_from_a_frozen_copy_of_the_tower(tiny_model_dir):
+    """One shared trained tower warns; ``momentum: 1.0`` embeds the keys (and so the soft
+    targets) with a frozen copy of the starting tower, which no training step moves."""
+    import warnings
+
+    from contralign.encoders.text import TextEncoder
+    from contralign.training.config import TrainConfig
+
+    def task_for(objective: dict):
+        torch.manual_seed(0)
+        encoder = TextEncoder.from_pretrained(str(tiny_model_dir), max_length=16)
+        config = TrainConfig.model_validate({"data": {"path": "unused"},
+                                             "objective": {"name": "cwcl", **objective}})
+        return build_task(config, encoder), encoder
+
+    shared, encoder = task_for({})
+    assert shared.key_encoder is None
+    with pytest.warns(UserWarning, match=r"cwcl: .*being trained.*objective\.momentum: 1\.0"):
+        shared(_batch(encoder))
+
+    frozen, encoder = task_for({"momentum": 1.0})
+    assert frozen.key_encoder is not None
+    start = {k: v.clone() for k, v in frozen.key_encoder.state_dict().items()}
+    online = {k: v.clone() for k, v in frozen.encoder.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in frozen.parameters() if p.requires_grad], lr=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keys without gradient: no warning
+        frozen(_batch(encoder))["loss"].backward()
+    optimizer.step()
+    frozen.after_step()
+    assert all(torch.equal(v, start[k]) for k, v in frozen.key_encoder.state_dict().items())
+    assert any(not torch.equal(v, online[k]) for k, v in frozen.encoder.state_dict().items())
+
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="momentum: must be in"):
+            TrainConfig.model_validate({"data": {"path": "unused"},
+                                        "objective": {"name": "cwcl", "momentum": bad}})
+    with pytest.raises(ValueError, match="momentum: unknown parameter of info_nce"):
+        TrainConfig.model_validate({"data": {"path": "unused"},
+                                    "objective": {"name": "info_nce", "momentum": 1.0}})

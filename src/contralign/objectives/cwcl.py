@@ -13,10 +13,19 @@ side's similarities carry no structure yet). ``weights_from`` names which side i
 ``"query"``. The weights are computed without gradient: they are targets, not predictions. The
 paper adds the two directions; we average them (as ``info_nce`` does for CLIP), which halves the
 scale and changes nothing else. With one-hot weights (``w_ij = [i = j]``) it would be CLIP's loss.
+
+The paper's U is pretrained and frozen. When U's embeddings are being trained (one tower shared by
+both sides, the trainer's default), the targets follow the space as it moves; ``CWCLLoss`` warns
+once. In the trainer, ``objective: {name: cwcl, momentum: 1.0}`` embeds the keys with a frozen
+copy of the starting tower instead (``contralign.encoders.momentum.MomentumEncoder``). On text
+pairs with a static tower (docs/objectives.md) both set-ups contracted the space at τ = 0.07: with
+(1 + cos) / 2 weights over sentences whose cosines are mostly positive, the targets are nearly
+uniform over the batch, and a frozen key tower alone did not prevent it.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, get_args
 
 import torch
@@ -28,6 +37,14 @@ from contralign.objectives.temperature import check_temperature, register_log_sc
 
 WeightsFrom = Literal["key", "query"]
 WEIGHTS_FROM: tuple[str, ...] = get_args(WeightsFrom)
+TRAINED_TARGETS_WARNING = (
+    "cwcl: the soft targets come from the {side} embeddings, which are being trained here (e.g. "
+    "one tower for both sides), so they drift with the space; CWCL (arXiv:2309.14580) takes "
+    "them from a frozen pretrained tower: {remedy} to embed the keys with a frozen copy of the "
+    "starting tower, and check the trained space's uniformity either way (on text pairs cwcl "
+    "contracted it; docs/objectives.md)")
+REMEDIES = {"key": "set objective.momentum: 1.0",
+            "query": "set objective.weights_from: key and objective.momentum: 1.0"}
 
 
 def intra_modal_weights(embeddings: Tensor) -> Tensor:
@@ -86,6 +103,10 @@ class CWCLLoss(nn.Module):
 
     A learned temperature is kept as a log logit scale, clamped at ``log(100)`` as in CLIP.
 
+    The side giving the soft targets should be a frozen tower (see the module docstring): the
+    first forward whose target side requires gradient (it is being trained) warns once, with a
+    ``UserWarning``.
+
     Args:
         temperature: τ, or its initial value when learned. The paper trains LiT-style towers;
             0.07 is CLIP's initial temperature (arXiv:2103.00020).
@@ -108,6 +129,7 @@ class CWCLLoss(nn.Module):
                              f"{weights_from!r}")
         self.weights_from: WeightsFrom = weights_from
         self.symmetric = symmetric
+        self.warned_trained_targets = False
         register_log_scale(self, temperature, learnable_temperature)
 
     @property
@@ -120,5 +142,13 @@ class CWCLLoss(nn.Module):
         if batch.negatives is not None:
             raise ValueError("cwcl: hard negatives have no intra-modal weights; unmap the "
                              "negative column(s)")
+        source = batch.key if self.weights_from == "key" else batch.query
+        trained = source.requires_grad and torch.is_grad_enabled()
+        if trained and not self.warned_trained_targets:
+            self.warned_trained_targets = True  # once per module, whatever the warnings filter
+            # stacklevel 1: the caller is torch's module machinery; this line names the source
+            warnings.warn(TRAINED_TARGETS_WARNING.format(
+                side=self.weights_from, remedy=REMEDIES[self.weights_from]), UserWarning,
+                stacklevel=1)
         return cwcl(batch.query, batch.key, temperature=self.temperature,
                     weights_from=self.weights_from, symmetric=self.symmetric)

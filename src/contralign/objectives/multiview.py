@@ -103,14 +103,17 @@ def nt_xent(
       uses every view of every other item as a negative but never the anchor's other positives.
       ``poly_view_mean="geometric"`` (Geometric PVC): ``ℓ = −1/(V−1) Σ_β log r_{αβ}``;
       ``"arithmetic"`` (Arithmetic PVC): ``ℓ = −log( 1/(V−1) Σ_β r_{αβ} )`` (≤ the geometric one);
-      loss = mean over all ``B·V`` anchors. Written from the paper's one-vs-rest definitions and
-      checked against a third-party re-implementation (pakoromilas/Multi-View-CL ``PVCLoss``),
-      whose geometric branch is this one; its arithmetic branch (a logsumexp of the *losses*
-      minus ``log B``) disagrees with the arithmetic mean of the ratios, and was not followed. The
-      paper text itself was not available to check: the exact candidate set of its
-      pseudocode (all views of the other items, not the anchor's other positives) is taken from
-      that re-implementation and the paper's Figure 1 "one-vs-rest" framing, not verified
-      line by line.
+      loss = mean over all ``B·V`` anchors. **Not checked against the paper's equations**: only
+      its abstract, its Figure 1 caption and its OpenReview reviews could be read (arXiv, ar5iv
+      and OpenReview pages and code indexes searched), so no equation number is cited. Two
+      public re-implementations (pakoromilas/Multi-View-CL ``PVCLoss`` and a second
+      repository's ``poly_view_cl``) share a mask docstring word for word, so both likely
+      transcribe the paper's appendix pseudocode. Both use the candidate set above (item i's
+      views other than α and β masked) and the geometric branch above. Their arithmetic branch
+      is ``logsumexp_β(ℓ_{αβ}) − log B`` with ``ℓ = −log r``, the log of the mean of ``1/r`` plus a
+      constant: at or above the geometric loss, where ours (the log of the mean of ``r``) is at
+      or below it. Which one the paper's equation states is open; ours is kept until someone
+      reads the paper.
 
     Args:
         views: ``(B, V, D)`` embeddings, V ≥ 2.

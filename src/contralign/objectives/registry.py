@@ -34,6 +34,8 @@ class ObjectiveInfo:
     paper: str
     summary: str
     momentum_keys: bool = False  # keys come from a momentum copy of the tower (MoCo)
+    # ``momentum: m`` may take the keys from a momentum copy (1.0: a frozen copy, as in LiT)
+    optional_momentum_keys: bool = False
 
     def parameters(self) -> dict[str, tuple[Any, Any]]:
         """``{name: (annotation, default)}`` of the module's constructor."""
@@ -84,6 +86,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "cwcl": ObjectiveInfo(
         CWCLLoss, ("key",), "arXiv:2309.14580 (CWCL)",
         "Cross-modal softmax against soft targets from one side's own similarities.",
+        optional_momentum_keys=True,
     ),
     "one_to_k": ObjectiveInfo(
         OneToKContrastiveLoss, ("views",), "arXiv:2406.18254 (1-to-K contrastive, KDD 2024)",

@@ -41,8 +41,8 @@ class ObjectiveConfig(StrictConfig):
         info = OBJECTIVES[self.name]
         accepted = info.parameters()
         accepted["mask_duplicates"] = (bool, True)  # a task setting every objective takes
-        if info.momentum_keys:
-            accepted["momentum"] = (float, 0.999)
+        if info.momentum_keys or info.optional_momentum_keys:
+            accepted["momentum"] = (float, 0.999 if info.momentum_keys else None)
         for key, value in (self.model_extra or {}).items():
             if key not in accepted:
                 raise ValueError(f"{key}: unknown parameter of {self.name}; its parameters: "
@@ -52,6 +52,10 @@ class ObjectiveConfig(StrictConfig):
                 TypeAdapter(annotation).validate_python(value, strict=False)
             except ValidationError as err:
                 raise ValueError(f"{key}: {err.errors()[0]['msg']} (got {value!r})") from None
+        momentum = (self.model_extra or {}).get("momentum")
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:  # also rejects NaN
+            raise ValueError(f"momentum: must be in [0, 1] (1 freezes the key tower), got "
+                             f"{momentum!r}")
         return self
 
     @property
@@ -67,10 +71,16 @@ class ObjectiveConfig(StrictConfig):
 
     @property
     def momentum(self) -> float | None:
-        """The momentum of the key encoder, for objectives whose keys come from one (MoCo)."""
-        if not OBJECTIVES[self.name].momentum_keys:
-            return None
-        return float((self.model_extra or {}).get("momentum", 0.999))
+        """The momentum of the key encoder, for objectives whose keys come from one: always for
+        MoCo (default 0.999), on request for CWCL (``momentum: 1.0`` = a frozen copy of the
+        starting tower gives the keys and their soft targets, as the paper's frozen tower)."""
+        info = OBJECTIVES[self.name]
+        momentum = (self.model_extra or {}).get("momentum")
+        if info.momentum_keys:
+            return float(0.999 if momentum is None else momentum)
+        if info.optional_momentum_keys and momentum is not None:
+            return float(momentum)
+        return None
 
 
 class OptimConfig(StrictConfig):
