@@ -154,3 +154,17 @@ def test_search_refuses_another_model(tiny_model_dir, pairs_file, tmp_path):
     result = runner.invoke(app, ["search", str(index), "hello", "--model", str(tmp_path / "other")])
     line = _one_line_error(result)
     assert "fingerprint" in line
+
+
+def test_train_reports_on_rank_0_only(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    """Under torchrun every process runs the command; only rank 0 (RANK, which torchrun sets)
+    prints the summary, so `--json` gives one JSON object, not one per process."""
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file, train__max_steps=1)
+    monkeypatch.setenv("RANK", "1")
+    result = runner.invoke(app, ["train", str(path), "--json", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    monkeypatch.setenv("RANK", "0")
+    result = runner.invoke(app, ["train", str(path), "--json", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 1

@@ -145,7 +145,7 @@ def test_objective_params_are_checked(tmp_path, objective, message):
 def test_dropout_draws_follow_the_dataloader_convention(tiny_model_dir, pairs_file, tmp_path):
     """Seeded right before training, then one draw per epoch start like torch's DataLoader: the
     first dropout mask is the one a DataLoader-based trainer (sentence-transformers) draws."""
-    from contralign.training.loop import _draw_loader_seed
+    from contralign.training.loop import draw_loader_seed
 
     config = _config(tiny_model_dir, pairs_file, tmp_path / "run", epochs=1, max_steps=1)
     seen: list[torch.Tensor] = []
@@ -163,6 +163,6 @@ def test_dropout_draws_follow_the_dataloader_convention(tiny_model_dir, pairs_fi
     list(iter(torch.utils.data.DataLoader(range(4))))[:0]  # a DataLoader's draw at epoch start
     expected = torch.get_rng_state()
     torch.manual_seed(config.train.seed)
-    _draw_loader_seed()
+    draw_loader_seed()
     assert torch.equal(torch.get_rng_state(), expected)
     assert torch.equal(seen[0], expected)

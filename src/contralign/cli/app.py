@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from contralign.cli import catalog, common, demo, encode, evaluate, search, train
+from contralign.cli import catalog, check, common, demo, encode, evaluate, search, train
 
 app = typer.Typer(
     name="contralign",
@@ -25,6 +25,7 @@ def _options(
 
 app.command("demo")(demo.demo_command)
 app.command("train")(train.train_command)
+app.command("check")(check.check_command)
 app.command("encode")(encode.encode_command)
 app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)

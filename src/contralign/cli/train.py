@@ -23,6 +23,7 @@ def train_command(
     """Train a text encoder with a contrastive objective, as CONFIG describes."""
     from contralign.core.config import load_config
     from contralign.training.config import TrainConfig
+    from contralign.training.distributed import launched_rank
     from contralign.training.loop import fit
     from contralign.training.recipes import find_config
 
@@ -33,6 +34,8 @@ def train_command(
         overrides.append(f"output_dir={output_dir}")
     train_config = load_config(TrainConfig, find_config(config), overrides)
     result = fit(train_config, resume=resume, overwrite=overwrite, progress=not as_json)
+    if launched_rank() != 0:  # under torchrun every process gets here; rank 0 reports
+        return
     summary = {"run_dir": str(result.run_dir), "model_dir": str(result.model_dir),
                "steps": result.steps, "seconds": round(result.seconds, 2),
                "pairs_per_second": round(result.pairs_per_second, 2),

@@ -285,6 +285,12 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (``RANK``), 0 without torchrun; still known once
+    the process group is gone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_device(setting: str) -> torch.device:
     """``train.device`` as a device: ``cuda`` is ``cuda:LOCAL_RANK`` under torchrun.
 

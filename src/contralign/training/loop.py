@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from contralign.core.config import describe_validation_error, load_config
 from contralign.core.dist import barrier, is_main_process, world_size
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.io import atomic_write_text
-from contralign.data import PairBatcher, RecordSet, collate, load_records
+from contralign.data import PairBatcher, Record, RecordSet, collate, load_records
 from contralign.encoders.loading import load_tower
 from contralign.encoders.static import StaticEncoder
 from contralign.encoders.text import TextEncoder
@@ -50,7 +50,7 @@ from contralign.training.distributed import (
 )
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.task import ContrastiveTask
-from contralign.training.views import build_views, view_batch
+from contralign.training.views import View, build_views, view_batch
 
 Tower = TextEncoder | StaticEncoder
 
@@ -151,10 +151,9 @@ def _fit(
     dev = DevSets.from_config(config.eval) if main else DevSets()
     encoder = encoder if encoder is not None else build_encoder(config)
     task = build_task(config, encoder).to(device)
-    steps_per_epoch = _steps_per_epoch(len(records.records), config)
-    total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+    steps = total_steps(config, len(records.records))
     optimizer = build_optimizer(task, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, total_steps)
+    scheduler = build_scheduler(optimizer, config.optim, steps)
     # Seed again once the model is built, as transformers' Trainer does when training starts: a
     # model that draws while loading (a fresh head) must not shift the dropout draws.
     seed_everything(config.train.seed)
@@ -166,7 +165,7 @@ def _fit(
     if main:
         _truncate_metrics(run_dir / "metrics.jsonl", state.step)
     started = time.perf_counter()
-    pairs = _train(task, records, config, optimizer, scheduler, state, total_steps, run_dir,
+    pairs = _train(task, records, config, optimizer, scheduler, state, steps, run_dir,
                    dev, progress and main)
     seconds = time.perf_counter() - started
     barrier()
@@ -199,7 +198,7 @@ def _as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig
     return load_config(TrainConfig, config)
 
 
-def _draw_loader_seed() -> None:
+def draw_loader_seed() -> None:
     """Take one number from torch's global generator, as a DataLoader does at each epoch start.
 
     PyTorch's DataLoader draws its workers' base seed from the global generator whenever an
@@ -227,16 +226,12 @@ def _train(
     with _progress_bar(progress, total_steps, state.step) as advance:
         while state.step < total_steps:
             if state.batch_in_epoch == 0:
-                _draw_loader_seed()
+                draw_loader_seed()
             for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
-                # Every rank collates the whole batch (the same padding, ids and views as one
-                # process) and embeds its own rows of it.
-                batch = dict(collate(batch_records, tokenize))
-                if views:
-                    position = (loop.seed, state.epoch, state.batch_in_epoch)
-                    batch.update(view_batch(batch_records, views, tokenize, position,
-                                            views_only=task.views_only))
-                losses = _step(task, _to_device(batch, device), optimizer, scheduler, config)
+                position = (loop.seed, state.epoch, state.batch_in_epoch)
+                batch = collate_batch(batch_records, tokenize, views, position,
+                                      views_only=task.views_only, device=device)
+                losses = _step(task, batch, optimizer, scheduler, config)
                 pairs += len(batch_records)
                 state.step += 1
                 state.batch_in_epoch += 1
@@ -249,6 +244,22 @@ def _train(
     return pairs
 
 
+def collate_batch(
+    batch_records: Sequence[Record], tokenize: Callable[[list[str]], Any], views: Sequence[View],
+    position: tuple[int, int, int], *, views_only: bool, device: torch.device,
+) -> dict[str, Any]:
+    """One step's batch on ``device``: the tokenized roles and ids of ``collate``, and the
+    views drawn for this (seed, epoch, batch index) ``position``.
+
+    Every rank collates the whole batch (the same padding, ids and views as one process) and
+    embeds its own rows of it.
+    """
+    batch = dict(collate(batch_records, tokenize))
+    if views:
+        batch.update(view_batch(batch_records, views, tokenize, position, views_only=views_only))
+    return _to_device(batch, device)
+
+
 def _step(
     task: ContrastiveTask, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig,
@@ -259,13 +270,22 @@ def _step(
     losses = accumulate_gradients(
         task, batch, chunk_size=grad_cache.chunk_size if grad_cache.enabled else None,
         strategy=strategy_for(task.objective))
-    if config.optim.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(task.parameters(), config.optim.max_grad_norm)
+    apply_gradients(task, optimizer, scheduler, config.optim.max_grad_norm)
+    return losses
+
+
+def apply_gradients(
+    task: ContrastiveTask, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR, max_grad_norm: float | None,
+) -> None:
+    """The rest of a step once ``.grad`` holds the batch's gradients: clip their norm, step
+    the optimiser and the schedule, clear the gradients, move the momentum tower."""
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(task.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     task.after_step()
-    return losses
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -315,6 +335,16 @@ def _after_step(
         folder = run_dir / "checkpoints" / f"step-{state.step}"
         save_checkpoint(folder, task, optimizer, scheduler, state)
         prune_checkpoints(run_dir / "checkpoints", loop.keep_checkpoints)
+
+
+def total_steps(config: TrainConfig, n_records: int) -> int:
+    """The optimiser steps of a run on ``n_records``: ``train.max_steps``, else the epochs'.
+
+    Raises:
+        ConfigError: a batch larger than the records with ``drop_last`` on.
+    """
+    steps_per_epoch = _steps_per_epoch(n_records, config)
+    return config.train.max_steps or steps_per_epoch * config.train.epochs
 
 
 def _steps_per_epoch(n_records: int, config: TrainConfig) -> int:
