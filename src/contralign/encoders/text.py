@@ -23,6 +23,7 @@ from contralign.encoders.folder import (
     write_contralign_file,
     write_st_layout,
 )
+from contralign.encoders.lengths import length_groups, take_rows
 from contralign.encoders.pooling import pool
 from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolve_model
 
@@ -50,6 +51,9 @@ class TextEncoder(nn.Module):
         if head is None and config.projection_dim is not None:
             head = nn.Linear(model.config.hidden_size, config.projection_dim, bias=False)
         self.head = head
+        # Rows x longest row of one length group in forward; None: the batch in one pass. A
+        # run-time setting of the trainer (``train.tokens_per_group``), not saved.
+        self.tokens_per_group: int | None = None
 
     @property
     def dim(self) -> int:
@@ -105,7 +109,41 @@ class TextEncoder(nn.Module):
         ))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Embed a tokenized batch: ``(B, D)``."""
+        """Embed a tokenized batch: ``(B, D)``.
+
+        With ``tokens_per_group`` set and a right-padding tokenizer, the rows are embedded in
+        length-sorted groups, each trimmed to its own longest row (``encoders.lengths``): the
+        same embeddings, fewer padded positions.
+        """
+        groups = None
+        if self.tokens_per_group is not None and self.tokenizer.padding_side == "right":
+            groups = length_groups(batch["attention_mask"], self.tokens_per_group)
+        return self._embed(batch) if groups is None else self._embed_in_groups(batch, groups)
+
+    def _embed_in_groups(self, batch: dict[str, Tensor], groups: list[Tensor]) -> Tensor:
+        """``(B, D)``: each group of rows embedded on its own, trimmed to its longest row."""
+        lengths = batch["attention_mask"].sum(dim=1)  # (B,)
+        # Look the tokens up once for the whole batch: the table's gradient is a dense
+        # (vocabulary, H) tensor per lookup, and filling one per group cost more than a tenth of
+        # a MiniLM step. Each group's forward then takes its rows of this lookup (a forward hook
+        # replaces the layer's output), so everything after the lookup runs as the model has it.
+        embedding_layer = self.model.get_input_embeddings()
+        looked_up = embedding_layer(batch["input_ids"])  # (B, T, H)
+        parts = []
+        for rows in groups:
+            width = max(int(lengths[rows[0]]), 1)
+            group_lookup = looked_up[rows, :width]  # (n_g, width, H)
+            handle = embedding_layer.register_forward_hook(  # a lookup of other ids: kept
+                lambda module, args, output, value=group_lookup:
+                    value if output.shape == value.shape else None)
+            try:
+                parts.append(self._embed(take_rows(batch, rows, width)))
+            finally:
+                handle.remove()
+        # (B, D) back in the batch's row order: row groups[g][j] is parts[g][j].
+        return torch.cat(parts)[torch.cat(groups).argsort()]
+
+    def _embed(self, batch: dict[str, Tensor]) -> Tensor:
         output = self.model(**batch)
         embeddings = pool(output.last_hidden_state, batch["attention_mask"], self.config.pooling)
         if self.head is not None:

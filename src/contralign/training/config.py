@@ -126,6 +126,10 @@ class LoopConfig(StrictConfig):
     threads: int | None = Field(default=None, gt=0)
     grad_cache: GradCacheConfig = GradCacheConfig()
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the towers, losses in fp32
+    # Transformer towers embed each batch in length-sorted groups of at most this many padded
+    # positions (encoders.lengths): equal embeddings, less padding. auto: 256 on CPUs, off on
+    # GPUs (unmeasured there); null: one forward pass per batch.
+    tokens_per_group: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # cuda under torchrun: cuda:LOCAL_RANK
 
 

@@ -84,11 +84,29 @@ def build_encoder(config: TrainConfig) -> Tower:
 
 
 def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
+    """The task ``fit`` trains: ``encoder`` (in length groups, as ``train.tokens_per_group``
+    says for ``train.device``) and the objective the config names."""
+    set_length_groups(encoder, config.train.tokens_per_group, resolve_device(config.train.device))
     info = OBJECTIVES[config.objective.name]
     objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
     return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
                            views_only="views" in info.requires, precision=config.train.precision,
                            mask_duplicates=config.objective.mask_duplicates)
+
+
+# Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of
+# 128-2,048 for all-MiniLM-L6-v2 on SICK and STS-B batches (benchmarks/train_throughput.py).
+CPU_TOKENS_PER_GROUP = 256
+
+
+def set_length_groups(encoder: Tower, tokens_per_group: int | str | None,
+                      device: torch.device) -> None:
+    """Let a transformer tower embed batches in length groups (``encoders.lengths``)."""
+    if not isinstance(encoder, TextEncoder):
+        return  # a static tower pools an embedding bag: padding costs it nothing
+    if tokens_per_group == "auto":
+        tokens_per_group = CPU_TOKENS_PER_GROUP if device.type == "cpu" else None
+    encoder.tokens_per_group = tokens_per_group  # type: ignore[assignment]
 
 
 def seed_everything(seed: int) -> None:

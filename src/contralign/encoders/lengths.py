@@ -1,0 +1,52 @@
+"""Length groups: embed the rows of a padded batch in groups of similar length.
+
+A collated batch is padded to its longest text, so one long text makes every row pay for its
+length; in short-sentence batches (SICK, STS-B) more than half of the tokens are padding. A
+transformer embeds each row independently of the others and of its padding (the attention mask
+hides padded keys, and pooling ignores padded positions), so embedding length-sorted groups, each
+trimmed to its own longest row, gives the same embeddings with fewer token positions computed.
+Only the random draws differ: dropout masks are drawn for the trimmed shapes.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+# Below this share of the padded positions saved, one forward pass is kept (no extra calls).
+MIN_SAVING = 0.1
+
+
+def length_groups(attention_mask: Tensor, tokens_per_group: int) -> list[Tensor] | None:
+    """Row indices of length-sorted groups of at most ``tokens_per_group`` padded positions.
+
+    Args:
+        attention_mask: ``(B, T)`` right-padded mask (1 on tokens, 0 on padding).
+        tokens_per_group: the largest ``rows x longest row`` of a group; a text longer than
+            this forms a group of its own.
+
+    Returns:
+        A list of ``(n_g,)`` int64 index tensors that together hold every row once, longest
+        first; or None when grouping would save less than ``MIN_SAVING`` of the positions.
+    """
+    batch, width = attention_mask.shape
+    lengths = attention_mask.sum(dim=1)  # (B,)
+    order = lengths.argsort(descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    groups, start, padded = [], 0, 0
+    while start < batch:
+        longest = max(int(sorted_lengths[start]), 1)
+        size = max(1, tokens_per_group // longest)
+        groups.append(order[start:start + size])
+        padded += longest * len(groups[-1])
+        start += size
+    if padded > (1 - MIN_SAVING) * batch * width:
+        return None
+    return groups
+
+
+def take_rows(batch: dict[str, Tensor], rows: Tensor, width: int) -> dict[str, Tensor]:
+    """``rows`` of a tokenized batch, token-level tensors trimmed to the first ``width``
+    positions (right padding); other tensors keep their trailing dimensions."""
+    full_width = batch["attention_mask"].shape[1]
+    return {name: value[rows, :width] if value.dim() >= 2 and value.shape[1] == full_width
+            else value[rows] for name, value in batch.items()}
