@@ -36,6 +36,7 @@ class TrainingProbe:
     last_step: float | None = None
     lrs: list[float] = field(default_factory=list)
     inputs: list[torch.Tensor] = field(default_factory=list)
+    step_ends: list[float] = field(default_factory=list)  # perf_counter at each step's end
 
     def __enter__(self) -> TrainingProbe:
         self._handles = [
@@ -57,6 +58,7 @@ class TrainingProbe:
 
     def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self.last_step = time.perf_counter()
+        self.step_ends.append(self.last_step)
         self.lrs.append(float(optimizer.param_groups[0]["lr"]))
 
     @property

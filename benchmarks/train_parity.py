@@ -182,7 +182,11 @@ def train_ours(encoder: Any, data: Path, run_dir: Path, model_path: Path, seed: 
         "objective": {"name": "info_nce", "temperature": TEMPERATURE},
         "optim": {"lr": LR, "weight_decay": WEIGHT_DECAY, "warmup_ratio": WARMUP_RATIO,
                   "schedule": "linear", "max_grad_norm": MAX_GRAD_NORM},
-        "train": {"epochs": 1, "batch_size": BATCH_SIZE, "seed": seed, "drop_last": False},
+        # One padded forward pass per batch, as sentence-transformers does, so that both sides
+        # draw dropout masks of the same shapes (length groups would draw others; same gain in
+        # distribution, not draw for draw).
+        "train": {"epochs": 1, "batch_size": BATCH_SIZE, "seed": seed, "drop_last": False,
+                  "tokens_per_group": None},
         "eval": {"sts": None, "retrieval": None},
         "output_dir": str(run_dir),
     })
@@ -226,7 +230,8 @@ def train_reference(model: Any, pairs: Sequence[tuple[str, str]], run_dir: Path,
 
 
 def _reference_trainer(model: Any, loss: nn.Module, pairs: Sequence[tuple[str, str]],
-                       run_dir: Path, seed: int, align_rng: bool) -> int:
+                       run_dir: Path, seed: int, align_rng: bool, batch_size: int = BATCH_SIZE,
+                       max_steps: int = -1) -> int:
     import transformers
     from datasets import Dataset
     from sentence_transformers import (
@@ -246,7 +251,8 @@ def _reference_trainer(model: Any, loss: nn.Module, pairs: Sequence[tuple[str, s
     major = int(transformers.__version__.split(".")[0])
     warmup = {"warmup_steps": WARMUP_RATIO} if major >= 5 else {"warmup_ratio": WARMUP_RATIO}
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=BATCH_SIZE,
+        output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=batch_size,
+        max_steps=max_steps,
         learning_rate=LR, lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY,
         max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",  # torch.optim.AdamW, as ours
         fp16=False, bf16=False, eval_strategy="no", save_strategy="no", logging_strategy="no",
