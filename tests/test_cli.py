@@ -168,3 +168,11 @@ def test_train_reports_on_rank_0_only(tiny_model_dir, pairs_file, tmp_path, monk
     result = runner.invoke(app, ["train", str(path), "--json", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 1
+
+
+def test_a_batch_the_objective_cannot_score_is_one_line(tiny_model_dir, pairs_file, tmp_path):
+    """whitened_cse cannot whiten a group wider than the batch: a setting, not a crash."""
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file,
+                        objective={"name": "whitened_cse", "groups": 1})
+    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    assert line.startswith("error: objective: group_whiten: a batch of 4 rows")

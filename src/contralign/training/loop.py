@@ -427,4 +427,8 @@ def _progress_bar(show: bool, total: int, done: int) -> Iterator[Any]:
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         task_id = bar.add_task("train", total=total, completed=done, loss="…")
-        yield lambda loss: bar.update(task_id, advance=1, loss=f"{loss:.4f}")
+        try:
+            yield lambda loss: bar.update(task_id, advance=1, loss=f"{loss:.4f}")
+        except BaseException:
+            bar.live.transient = True  # a failed run's error stays the one line it prints
+            raise

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from contralign.core.errors import ConfigError
 from contralign.encoders.momentum import MomentumEncoder
 from contralign.objectives.inputs import Embedded
 
@@ -142,10 +143,18 @@ class ContrastiveTask(nn.Module):
 
     def loss(self, embedded: Embedded, rows: slice | None = None) -> Tensor:
         """The objective's loss; with ``rows``, that of those anchor rows only (objectives
-        whose loss is a mean over rows, for a multi-process run)."""
-        if rows is None:
-            return self.objective(embedded)
-        return self.objective(embedded, rows=rows)
+        whose loss is a mean over rows, for a multi-process run).
+
+        Raises:
+            ConfigError: the objective rejects the batch (too few rows for its groups, a role
+                it needs but the data lacks): a setting to change, reported in one line.
+        """
+        try:
+            if rows is None:
+                return self.objective(embedded)
+            return self.objective(embedded, rows=rows)
+        except ValueError as err:  # a batch the configured objective cannot score
+            raise ConfigError(f"objective: {err}") from err
 
     def after_step(self) -> None:
         """Called after each optimiser step: moves the momentum copy towards the tower."""
