@@ -297,3 +297,16 @@ def test_fit_with_the_cache_trains_like_fit_without(tiny_model_dir, pairs_file, 
     with pytest.raises(ConfigError, match=r"train.grad_cache.chunk_size"):
         fit(_fit_config(tiny_model_dir, pairs_file, tmp_path / "bad",
                         grad_cache={"enabled": True, "chunk_size": 0}), progress=False)
+
+
+def test_chunks_take_rows_longest_first_and_one_chunk_keeps_the_batch_order():
+    from contralign.training.cached import chunk_rows
+
+    lengths = torch.tensor([3, 7, 1, 7, 5])
+    mask = (torch.arange(8)[None, :] < lengths[:, None]).long()  # (5, 8) right-padded
+    role = Role("anchor", {"input_ids": torch.arange(40).view(5, 8), "attention_mask": mask})
+    chunks = chunk_rows(role, 2)
+    assert [c.tolist() for c in chunks] == [[1, 3], [4, 0], [2]]
+    assert [c.tolist() for c in chunk_rows(role, 5)] == [[0, 1, 2, 3, 4]]
+    taken = role.take(chunks[1])
+    assert torch.equal(taken["input_ids"], role.inputs["input_ids"][[4, 0]])

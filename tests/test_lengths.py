@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from contralign import TextEncoder
-from contralign.encoders.lengths import length_groups, take_rows
+from contralign.encoders.lengths import length_groups, take_rows, trim_padding
 from contralign.training.loop import set_length_groups
 
 TEXTS = ["a", "a much longer sentence about nothing in particular that goes on and on",
@@ -95,3 +95,12 @@ def test_auto_groups_on_cpus_only(tiny_model_dir):
     assert encoder.tokens_per_group is None
     set_length_groups(encoder, 64, torch.device("cuda"))
     assert encoder.tokens_per_group == 64
+
+
+def test_trim_padding_drops_only_unused_columns():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    batch = {"input_ids": torch.arange(8).view(2, 4), "attention_mask": mask}
+    trimmed = trim_padding(batch)
+    assert trimmed["input_ids"].tolist() == [[0, 1], [4, 5]]
+    full = {"input_ids": torch.ones(2, 2), "attention_mask": torch.ones(2, 2, dtype=torch.long)}
+    assert trim_padding(full) is full

@@ -44,9 +44,19 @@ def length_groups(attention_mask: Tensor, tokens_per_group: int) -> list[Tensor]
     return groups
 
 
-def take_rows(batch: dict[str, Tensor], rows: Tensor, width: int) -> dict[str, Tensor]:
+def take_rows(batch: dict[str, Tensor], rows: Tensor | slice, width: int) -> dict[str, Tensor]:
     """``rows`` of a tokenized batch, token-level tensors trimmed to the first ``width``
     positions (right padding); other tensors keep their trailing dimensions."""
     full_width = batch["attention_mask"].shape[1]
     return {name: value[rows, :width] if value.dim() >= 2 and value.shape[1] == full_width
             else value[rows] for name, value in batch.items()}
+
+
+def trim_padding(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A right-padded batch without the padding columns that no row uses (the batch itself when
+    there are none)."""
+    mask = batch["attention_mask"]  # (B, T)
+    width = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else mask.shape[1]
+    if width >= mask.shape[1]:
+        return batch
+    return take_rows(batch, slice(None), width)

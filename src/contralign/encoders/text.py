@@ -23,7 +23,7 @@ from contralign.encoders.folder import (
     write_contralign_file,
     write_st_layout,
 )
-from contralign.encoders.lengths import length_groups, take_rows
+from contralign.encoders.lengths import length_groups, take_rows, trim_padding
 from contralign.encoders.pooling import pool
 from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolve_model
 
@@ -111,13 +111,15 @@ class TextEncoder(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Embed a tokenized batch: ``(B, D)``.
 
-        With ``tokens_per_group`` set and a right-padding tokenizer, the rows are embedded in
-        length-sorted groups, each trimmed to its own longest row (``encoders.lengths``): the
-        same embeddings, fewer padded positions.
+        A right-padded batch is first trimmed to its longest row. With ``tokens_per_group``
+        set, its rows are then embedded in length-sorted groups, each trimmed to its own longest
+        row (``encoders.lengths``): the same embeddings, fewer padded positions.
         """
         groups = None
-        if self.tokens_per_group is not None and self.tokenizer.padding_side == "right":
-            groups = length_groups(batch["attention_mask"], self.tokens_per_group)
+        if self.tokenizer.padding_side == "right":
+            batch = trim_padding(batch)  # rows of a larger batch (a chunk) need not its width
+            if self.tokens_per_group is not None:
+                groups = length_groups(batch["attention_mask"], self.tokens_per_group)
         return self._embed(batch) if groups is None else self._embed_in_groups(batch, groups)
 
     def _embed_in_groups(self, batch: dict[str, Tensor], groups: list[Tensor]) -> Tensor:

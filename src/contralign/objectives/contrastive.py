@@ -31,6 +31,15 @@ def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
     return same & ~target
 
 
+def _duplicates(row_ids: Tensor, candidate_ids: Tensor) -> Tensor | None:
+    """``duplicate_mask``, or None when the candidates' ids are all distinct (then only a row's
+    own target shares its id, and nothing is masked): at B = 16,384 the mask is five B x B
+    boolean tensors, seconds and gigabytes for nothing."""
+    if torch.unique(candidate_ids).numel() == candidate_ids.numel():
+        return None
+    return duplicate_mask(row_ids, candidate_ids)
+
+
 def _one_direction(
     query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None,
     rows: slice | None = None,
@@ -101,11 +110,11 @@ def info_nce(
             if negative_ids is None:
                 raise ValueError("info_nce: key_ids given with negatives needs negative_ids too")
             candidate_ids = torch.cat([key_ids, negative_ids.flatten()])
-        mask = duplicate_mask(key_ids, candidate_ids)
+        mask = _duplicates(key_ids, candidate_ids)
     loss = _one_direction(query, candidates, scale, mask, rows)
     if not symmetric:
         return loss
-    reverse_mask = duplicate_mask(query_ids, query_ids) if query_ids is not None else None
+    reverse_mask = _duplicates(query_ids, query_ids) if query_ids is not None else None
     return (loss + _one_direction(key, query, scale, reverse_mask, rows)) / 2
 
 

@@ -87,16 +87,29 @@ class RandomState:
 
 @dataclass
 class FirstPass:
-    """What the first pass keeps: ``(B, D)`` embeddings without graph, and for every role the
-    random state before each of its chunks."""
+    """What the first pass keeps: ``(B, D)`` embeddings without graph, and for every role its
+    chunks (row indices) and the random state before each."""
 
     embeddings: dict[str, Tensor]
     states: dict[str, list[RandomState]]
-    chunk_size: int
+    chunks: dict[str, list[Tensor]]
 
 
-def _spans(rows: int, chunk_size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_size, rows)) for start in range(0, rows, chunk_size)]
+def chunk_rows(role: Role, chunk_size: int) -> list[Tensor]:
+    """The row indices of each chunk of ``role``: ``(n,)`` int64 tensors covering every row once.
+
+    With more than one chunk, rows are taken longest first (by attention mask), so each chunk
+    holds texts of similar length and a tower that trims padding to the chunk's longest row
+    computes few padded positions; a chunk of rows in batch order would pay the whole batch's
+    longest text on nearly every chunk. One chunk keeps the batch order: it is the plain path,
+    dropout masks included.
+    """
+    mask = role.inputs.get("attention_mask")
+    if role.size <= chunk_size or mask is None or mask.dim() != 2:
+        order = torch.arange(role.size, device=role.device)
+    else:
+        order = mask.sum(dim=1).argsort(descending=True, stable=True)
+    return list(order.split(chunk_size))
 
 
 @torch.no_grad()
@@ -111,13 +124,20 @@ def embed_without_graph(task: ContrastiveTask, roles: Sequence[Role], chunk_size
         raise ValueError(f"grad_cache: chunk_size must be >= 1, got {chunk_size}")
     embeddings: dict[str, Tensor] = {}
     states: dict[str, list[RandomState]] = {}
+    chunks = {role.name: chunk_rows(role, chunk_size) for role in roles}
     for role in roles:
-        chunks, states[role.name] = [], []
-        for start, stop in _spans(role.size, chunk_size):
+        states[role.name], parts = [], []
+        for rows in chunks[role.name]:
             states[role.name].append(RandomState.capture(role.device))
-            chunks.append(task.embed_role(role, role.rows(start, stop)))
-        embeddings[role.name] = torch.cat(chunks)  # (B, D)
-    return FirstPass(embeddings, states, chunk_size)
+            parts.append(task.embed_role(role, role.take(rows)))
+        embeddings[role.name] = _in_batch_order(parts, chunks[role.name])  # (B, D)
+    return FirstPass(embeddings, states, chunks)
+
+
+def _in_batch_order(parts: Sequence[Tensor], chunks: Sequence[Tensor]) -> Tensor:
+    """``(B, D)`` from each chunk's ``(n, D)`` rows: row ``chunks[c][j]`` is ``parts[c][j]``."""
+    stacked = torch.cat(list(parts))
+    return stacked[torch.cat(list(chunks)).argsort()]
 
 
 def backpropagate_chunks(
@@ -135,14 +155,14 @@ def backpropagate_chunks(
         grad = grads.get(role.name)
         if role.momentum or grad is None:
             continue
-        chunks = []
-        spans = _spans(role.size, first.chunk_size)
-        for (start, stop), state in zip(spans, first.states[role.name], strict=True):
+        parts = []
+        chunks = first.chunks[role.name]
+        for rows, state in zip(chunks, first.states[role.name], strict=True):
             state.restore()  # the same dropout masks as the first pass
-            embeddings = task.embed_role(role, role.rows(start, stop))  # (n, D), with graph
-            torch.autograd.backward(embeddings, grad[start:stop])
-            chunks.append(embeddings.detach())
-        second[role.name] = torch.cat(chunks)
+            embeddings = task.embed_role(role, role.take(rows))  # (n, D), with graph
+            torch.autograd.backward(embeddings, grad[rows])
+            parts.append(embeddings.detach())
+        second[role.name] = _in_batch_order(parts, chunks)
     return second
 
 

@@ -50,6 +50,10 @@ class Role:
         """The inputs of rows ``start:stop``."""
         return {name: value[start:stop] for name, value in self.inputs.items()}
 
+    def take(self, rows: Tensor) -> dict[str, Tensor]:
+        """The inputs of the rows ``rows`` (an ``(n,)`` index tensor), in that order."""
+        return {name: value[rows] for name, value in self.inputs.items()}
+
 
 class ContrastiveTask(nn.Module):
     """One tower embeds every role (SimCSE-style when two views of one text meet).
