@@ -254,7 +254,8 @@ def _reference_trainer(model: Any, loss: nn.Module, pairs: Sequence[tuple[str, s
         output_dir=str(run_dir), num_train_epochs=1, per_device_train_batch_size=batch_size,
         max_steps=max_steps,
         learning_rate=LR, lr_scheduler_type="linear", weight_decay=WEIGHT_DECAY,
-        max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch",  # torch.optim.AdamW, as ours
+        # Fused AdamW: what our trainer uses, and transformers' default with torch >= 2.8.
+        max_grad_norm=MAX_GRAD_NORM, optim="adamw_torch_fused",
         fp16=False, bf16=False, eval_strategy="no", save_strategy="no", logging_strategy="no",
         report_to="none", dataloader_drop_last=False, seed=seed, disable_tqdm=True,
         use_cpu=True, batch_sampler=BatchSamplers.BATCH_SAMPLER, **warmup,
@@ -287,7 +288,8 @@ def _reference_old_fit(model: Any, loss: nn.Module, pairs: Sequence[tuple[str, s
         [(loader, loss)], epochs=1, scheduler="WarmupLinear",
         # old_fit takes whole warmup steps; this is transformers' rounding of the ratio.
         warmup_steps=math.ceil(steps * WARMUP_RATIO), optimizer_class=torch.optim.AdamW,
-        optimizer_params={"lr": LR}, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
+        optimizer_params={"lr": LR, "fused": True}, weight_decay=WEIGHT_DECAY,
+        max_grad_norm=MAX_GRAD_NORM,
         use_amp=False, show_progress_bar=False,
     )
     return steps

@@ -95,7 +95,9 @@ def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
 
 
 # Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of
-# 128-2,048 for all-MiniLM-L6-v2 on SICK and STS-B batches (benchmarks/train_throughput.py).
+# none, 128, 256 and 512 for all-MiniLM-L6-v2 at batch 64 on SICK-E and STS-B pairs, 2 cores
+# (`benchmarks/train_throughput.py --sweep none,128,256,512 --batch-sizes 64`: 46 / 54 / 59 /
+# 55 and 67 / 66 / 75 / 68 pairs/s).
 CPU_TOKENS_PER_GROUP = 256
 
 
