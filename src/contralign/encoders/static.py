@@ -269,11 +269,17 @@ class StaticEncoder(nn.Module):
         if "offsets" in batch:
             pooled = self.embedding(batch["input_ids"], batch["offsets"])  # (B, D)
         else:
-            mask = batch["attention_mask"].to(self.embedding.weight.dtype)  # (B, T)
-            # 1/length on each token and 0 on padding, so a weighted sum is the masked mean.
-            share = mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, T)
-            pooled = F.embedding_bag(batch["input_ids"], self.embedding.weight, mode="sum",
-                                     per_sample_weights=share)  # (B, D)
+            # Only the real tokens, as one flat run with an offset per text: padding would cost
+            # a lookup and a gradient row each (a batch padded to its longest text is mostly
+            # padding), for a zero weight.
+            mask = batch["attention_mask"].bool()  # (B, T)
+            lengths = mask.sum(dim=1)  # (B,)
+            offsets = lengths.cumsum(dim=0) - lengths  # (B,) start of each text in the run
+            # 1/length on each token, so a weighted sum is the mean (an empty text pools to 0).
+            share = (1.0 / lengths.clamp(min=1).to(self.embedding.weight.dtype)
+                     ).repeat_interleave(lengths)  # (N,)
+            pooled = F.embedding_bag(batch["input_ids"][mask], self.embedding.weight, offsets,
+                                     mode="sum", per_sample_weights=share)  # (B, D)
         if self.config.normalize:
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
