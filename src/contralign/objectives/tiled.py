@@ -14,6 +14,7 @@ outside the custom ``autograd.Function`` so autograd differentiates them as usua
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,6 +65,30 @@ def _softmax_tile(
     return logits
 
 
+def _bilinear_grads(
+    ctx: Any, rows: Tensor, cols: Tensor, scale: Tensor,
+    weights: Callable[[int, int, int, int], Tensor],
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients of a loss of the logits ``scale · rows · colsᵀ``, one tile at a time.
+
+    ``weights(r0, r1, c0, c1)`` gives the ``(r, c)`` tile of W = dLoss/dlogits (in the
+    accumulator dtype). With A = W·cols and C = Wᵀ·rows: dRows = scale·A, dCols = scale·C,
+    dScale = Σ_ij W_ij rows_i·cols_j = Σ_i rows_i·A_i (only when ``scale`` needs it).
+    """
+    dtype = _accumulator_dtype(rows.dtype)
+    row_sum = torch.zeros(rows.shape, dtype=dtype, device=rows.device)  # (B, D) A
+    col_sum = torch.zeros(cols.shape, dtype=dtype, device=cols.device)  # (M, D) C
+    for r0, r1 in _spans(rows.shape[0], ctx.tile_size):
+        for c0, c1 in _spans(cols.shape[0], ctx.tile_size):
+            tile = weights(r0, r1, c0, c1).to(rows.dtype)
+            row_sum[r0:r1] += tile @ cols[c0:c1]  # (r, D)
+            col_sum[c0:c1] += tile.T @ rows[r0:r1]  # (c, D)
+    grad_scale = None
+    if ctx.needs_input_grad[2]:
+        grad_scale = (rows.to(dtype) * row_sum).sum().to(scale.dtype)
+    return (row_sum * scale).to(rows.dtype), (col_sum * scale).to(cols.dtype), grad_scale
+
+
 class TiledCrossEntropy(torch.autograd.Function):
     """Per-row softmax cross-entropy of ``scale · rows · colsᵀ`` with target column i for row i.
 
@@ -102,25 +127,17 @@ class TiledCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
         rows, cols, scale, ids, lse = ctx.saved_tensors
-        dtype = lse.dtype
-        grad = grad_loss.to(dtype)
-        # dLoss/dz_ij = g_i (softmax_ij − δ_ij) =: W_ij. With A = W·cols and C = Wᵀ·rows:
-        # dRows = scale·A, dCols = scale·C, dScale = Σ_ij W_ij rows_i·cols_j = Σ_i rows_i·A_i.
-        row_sum = torch.zeros(rows.shape, dtype=dtype, device=rows.device)  # (B, D) A
-        col_sum = torch.zeros(cols.shape, dtype=dtype, device=cols.device)  # (M, D) C
-        for r0, r1 in _spans(rows.shape[0], ctx.tile_size):
-            for c0, c1 in _spans(cols.shape[0], ctx.tile_size):
-                weights = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, dtype)
-                weights.sub_(lse[r0:r1, None]).exp_()  # (r, c) softmax; masked entries are 0
-                weights.diagonal(r0 - c0).sub_(1.0)  # minus the one-hot target
-                weights = weights.mul_(grad[r0:r1, None]).to(rows.dtype)
-                row_sum[r0:r1] += weights @ cols[c0:c1]  # (r, D)
-                col_sum[c0:c1] += weights.T @ rows[r0:r1]  # (c, D)
-        grad_scale = None
-        if ctx.needs_input_grad[2]:
-            grad_scale = (rows.to(dtype) * row_sum).sum().to(scale.dtype)
-        return ((row_sum * scale).to(rows.dtype), (col_sum * scale).to(cols.dtype), grad_scale,
-                None, None)
+        grad = grad_loss.to(lse.dtype)
+
+        # dLoss/dz_ij = g_i (softmax_ij − δ_ij) =: W_ij
+        def weights(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+            tile = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, lse.dtype)
+            tile.sub_(lse[r0:r1, None]).exp_()  # (r, c) softmax; masked entries are 0
+            tile.diagonal(r0 - c0).sub_(1.0)  # minus the one-hot target
+            return tile.mul_(grad[r0:r1, None])
+
+        grad_rows, grad_cols, grad_scale = _bilinear_grads(ctx, rows, cols, scale, weights)
+        return grad_rows, grad_cols, grad_scale, None, None
 
 
 class TiledSigmoid(torch.autograd.Function):
@@ -151,24 +168,18 @@ class TiledSigmoid(torch.autograd.Function):
         rows, cols, scale, bias = ctx.saved_tensors
         dtype = _accumulator_dtype(rows.dtype)
         grad = grad_loss.to(dtype)
-        # dLoss/dl_ij = g_i (σ(l_ij) − δ_ij) =: W_ij; dBias = Σ_ij W_ij, the rest as in softmax.
-        row_sum = torch.zeros(rows.shape, dtype=dtype, device=rows.device)  # (B, D)
-        col_sum = torch.zeros(cols.shape, dtype=dtype, device=cols.device)  # (M, D)
-        grad_bias = torch.zeros((), dtype=dtype, device=rows.device)
-        for r0, r1 in _spans(rows.shape[0], ctx.tile_size):
-            for c0, c1 in _spans(cols.shape[0], ctx.tile_size):
-                weights = (rows[r0:r1] @ cols[c0:c1].T).to(dtype).mul_(scale).add_(bias)
-                weights.sigmoid_().diagonal(r0 - c0).sub_(1.0)  # (r, c)
-                weights.mul_(grad[r0:r1, None])
-                grad_bias += weights.sum()
-                weights = weights.to(rows.dtype)
-                row_sum[r0:r1] += weights @ cols[c0:c1]  # (r, D)
-                col_sum[c0:c1] += weights.T @ rows[r0:r1]  # (c, D)
-        grad_scale = None
-        if ctx.needs_input_grad[2]:
-            grad_scale = (rows.to(dtype) * row_sum).sum().to(scale.dtype)
-        return ((row_sum * scale).to(rows.dtype), (col_sum * scale).to(cols.dtype), grad_scale,
-                grad_bias.to(bias.dtype), None)
+        grad_bias = torch.zeros((), dtype=dtype, device=rows.device)  # dBias = Σ_ij W_ij
+
+        # dLoss/dl_ij = g_i (σ(l_ij) − δ_ij) =: W_ij
+        def weights(r0: int, r1: int, c0: int, c1: int) -> Tensor:
+            tile = (rows[r0:r1] @ cols[c0:c1].T).to(dtype).mul_(scale).add_(bias)
+            tile.sigmoid_().diagonal(r0 - c0).sub_(1.0)  # (r, c)
+            tile.mul_(grad[r0:r1, None])
+            grad_bias.add_(tile.sum())
+            return tile
+
+        grad_rows, grad_cols, grad_scale = _bilinear_grads(ctx, rows, cols, scale, weights)
+        return grad_rows, grad_cols, grad_scale, grad_bias.to(bias.dtype), None
 
 
 def tiled_info_nce(
