@@ -7,6 +7,7 @@ from a busy machine are noisy; the machine report (load average included) says h
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -26,6 +27,15 @@ def data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         sys.exit(f"benchmark: real data folder {SHARED_DATA} is absent; this benchmark needs it")
     return SHARED_DATA
+
+
+def read_tsv(path: Path, quoting: int = csv.QUOTE_MINIMAL) -> list[dict[str, str]]:
+    """The rows of a tab-separated file with a header (``require``-d first), as dicts.
+
+    STS-B keeps literal quote characters in its sentences: read it with ``csv.QUOTE_NONE``.
+    """
+    with open(require(path), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=quoting))
 
 
 def require(path: Path) -> Path:

@@ -41,7 +41,6 @@ static learning rate was chosen) and writes nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -58,7 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import data_dir, machine, print_json, print_machine, require  # noqa: E402
+from common import data_dir, machine, print_json, print_machine, read_tsv  # noqa: E402
 
 STATIC = "wordllama-256"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -89,11 +88,6 @@ RESULTS_END = "<!-- compare_objectives:end -->"
 
 
 # --- data -----------------------------------------------------------------------------------------
-
-
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    with open(require(path), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def sentences(rows: Iterable[dict[str, str]]) -> set[str]:

@@ -51,7 +51,6 @@ Run: ``python benchmarks/grad_cache.py [--sizes 1024,4096,16384] [--towers minil
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import gc
 import json
@@ -68,7 +67,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from common import data_dir, machine, print_json, print_machine, ratio, require  # noqa: E402
+from common import data_dir, machine, print_json, print_machine, ratio, read_tsv  # noqa: E402
 from tiled_loss import read_peak, start_peak, total_memory_gb  # noqa: E402
 
 TOWERS = ("minilm", "static")
@@ -92,9 +91,8 @@ def distinct_sentences(root: Path) -> list[str]:
     """The distinct sentences of ``SOURCES``, shuffled with ``SEED``."""
     texts: set[str] = set()
     for name in SOURCES:
-        with open(require(root / name), newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                texts |= {" ".join(row[c].split()) for c in ("sentence1", "sentence2")}
+        for row in read_tsv(root / name):
+            texts |= {" ".join(row[c].split()) for c in ("sentence1", "sentence2")}
     ordered = sorted(texts - {""})
     random.Random(SEED).shuffle(ordered)
     return ordered

@@ -1,7 +1,8 @@
 """Instruments for comparing two training loops from the outside, without editing either.
 
 ``TrainingProbe`` times a run and records what it did (learning rates, token ids); the switches
-below remove one source of difference at a time (dropout, our duplicate masking) for diagnosis.
+below remove one source of difference at a time (our duplicate masking) for diagnosis; dropout
+is switched off with ``contralign.training.check.turn_off_dropout``.
 """
 
 from __future__ import annotations
@@ -80,13 +81,6 @@ class TrainingProbe:
                     row.pop()
                 rows.append(tuple(row))
         return rows
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Set every ``nn.Dropout`` to p = 0 (BERT's attention dropout reads the module's ``p`` too)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 @contextmanager

@@ -27,7 +27,6 @@ Run: ``python benchmarks/train_parity.py [--quick] [--json] [--seeds 0,1,2] [--d
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -49,10 +48,13 @@ from common import (  # noqa: E402
     print_json,
     print_machine,
     ratio,
+    read_tsv,
     require,
 )
-from probes import TrainingProbe, disable_dropout, duplicate_masking  # noqa: E402
+from probes import TrainingProbe, duplicate_masking  # noqa: E402
 from torch import nn  # noqa: E402
+
+from contralign.training.check import turn_off_dropout  # noqa: E402
 
 BATCH_SIZE = 64
 MAX_LENGTH = 64
@@ -74,10 +76,8 @@ QUICK_STS_PAIRS = 300
 
 def entailment_pairs(path: Path) -> list[tuple[str, str]]:
     """``(sentence1, sentence2)`` of the rows labelled ENTAILMENT, in file order."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f, delimiter="\t")
-        return [(row["sentence1"], row["sentence2"]) for row in rows
-                if row["label"] == "ENTAILMENT"]
+    return [(row["sentence1"], row["sentence2"]) for row in read_tsv(path)
+            if row["label"] == "ENTAILMENT"]
 
 
 def write_pairs(pairs: Sequence[tuple[str, str]], path: Path) -> Path:
@@ -331,14 +331,14 @@ def run_side(setup: Setup, side: str, seed: int, dropout: bool = True,
     if side == "ours":
         model = load_ours(setup.model_path)
         if not dropout:
-            disable_dropout(model)
+            turn_off_dropout(model)
         probe, extra = train_ours(model, setup.data, setup.work / tag, setup.model_path, seed,
                                   mask_duplicates)
         pad_id = int(model.tokenizer.pad_token_id)
     else:
         model = load_reference(setup.model_path)
         if not dropout:
-            disable_dropout(model)
+            turn_off_dropout(model)
         probe, extra = train_reference(model, setup.pairs, setup.work / tag, seed, setup.reference,
                                        align_rng)
         pad_id = int(model.tokenizer.pad_token_id)

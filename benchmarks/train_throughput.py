@@ -36,7 +36,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from common import data_dir, machine, print_json, print_machine, ratio, require  # noqa: E402
+from common import (  # noqa: E402
+    data_dir,
+    machine,
+    print_json,
+    print_machine,
+    ratio,
+    read_tsv,
+    require,
+)
 from probes import TrainingProbe  # noqa: E402
 from train_parity import (  # noqa: E402
     LR,
@@ -59,9 +67,7 @@ SEED = 0
 
 
 def stsb_pairs(path: Path) -> Pairs:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [(row["sentence1"], row["sentence2"]) for row in rows]
+    return [(row["sentence1"], row["sentence2"]) for row in read_tsv(path, csv.QUOTE_NONE)]
 
 
 def steps_for(batch_size: int) -> int:
