@@ -16,6 +16,11 @@ from torch import Tensor
 MIN_SAVING = 0.1
 
 
+def longest_first(attention_mask: Tensor) -> Tensor:
+    """``(B,)`` row indices of a ``(B, T)`` mask, longest text first (ties in batch order)."""
+    return attention_mask.sum(dim=1).argsort(descending=True, stable=True)
+
+
 def length_groups(attention_mask: Tensor, tokens_per_group: int) -> list[Tensor] | None:
     """Row indices of length-sorted groups of at most ``tokens_per_group`` padded positions.
 
@@ -29,9 +34,8 @@ def length_groups(attention_mask: Tensor, tokens_per_group: int) -> list[Tensor]
         first; or None when grouping would save less than ``MIN_SAVING`` of the positions.
     """
     batch, width = attention_mask.shape
-    lengths = attention_mask.sum(dim=1)  # (B,)
-    order = lengths.argsort(descending=True, stable=True)
-    sorted_lengths = lengths[order].tolist()
+    order = longest_first(attention_mask)
+    sorted_lengths = attention_mask.sum(dim=1)[order].tolist()
     groups, start, padded = [], 0, 0
     while start < batch:
         longest = max(int(sorted_lengths[start]), 1)

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from contralign.encoders.lengths import longest_first
 from contralign.training.distributed import (
     Shard,
     Strategy,
@@ -108,7 +109,7 @@ def chunk_rows(role: Role, chunk_size: int) -> list[Tensor]:
     if role.size <= chunk_size or mask is None or mask.dim() != 2:
         order = torch.arange(role.size, device=role.device)
     else:
-        order = mask.sum(dim=1).argsort(descending=True, stable=True)
+        order = longest_first(mask)
     return list(order.split(chunk_size))
 
 
