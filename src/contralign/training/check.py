@@ -37,17 +37,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from contralign.core.dist import is_main_process, world_size
+from contralign.core.dist import is_main_process
 from contralign.core.errors import ConfigError
 from contralign.data import PairBatcher, Record, load_records
 from contralign.objectives import OBJECTIVES
-from contralign.training.cached import accumulate_gradients
 from contralign.training.config import ObjectiveConfig, TrainConfig
 from contralign.training.distributed import (
     destroy_process_group,
     init_process_group,
-    strategy_for,
-    sync_random_state,
 )
 from contralign.training.loop import (
     Tower,
@@ -57,6 +54,7 @@ from contralign.training.loop import (
     collate_batch,
     draw_loader_seed,
     seed_everything,
+    step_gradients,
     total_steps,
 )
 from contralign.training.optim import build_optimizer, build_scheduler
@@ -246,14 +244,11 @@ def run_steps(config: TrainConfig, records: Sequence[Record], state: dict[str, T
     task = build_check_task(config, state)
     optimizer = build_optimizer(task, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, total_steps(config, len(records)))
-    strategy = strategy_for(task.objective)
     seed_everything(config.train.seed)  # as fit does once the model is built
     losses: list[float] = []
     grads: dict[str, Tensor] = {}
     for step, batch in zip(range(steps), _batches(task, records, config), strict=False):
-        if world_size() > 1:
-            sync_random_state(torch.device("cpu"))
-        loss = accumulate_gradients(task, batch, chunk_size=chunk_size, strategy=strategy)
+        loss = step_gradients(task, batch, chunk_size)
         losses.append(loss["loss"])
         if step == 0:
             grads = {name: p.grad.detach().clone() for name, p in task.named_parameters()

@@ -30,7 +30,7 @@ from contralign.encoders.loading import load_tower
 from contralign.encoders.static import StaticEncoder
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
-from contralign.training.cached import accumulate_gradients
+from contralign.training.cached import ChunkSize, accumulate_gradients
 from contralign.training.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -284,14 +284,20 @@ def _step(
     task: ContrastiveTask, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig,
 ) -> dict[str, float]:
-    if world_size() > 1:
-        sync_random_state(next(task.parameters()).device)  # rank 0's: resumes draw the same
     grad_cache = config.train.grad_cache
-    losses = accumulate_gradients(
-        task, batch, chunk_size=grad_cache.chunk_size if grad_cache.enabled else None,
-        strategy=strategy_for(task.objective))
+    losses = step_gradients(task, batch, grad_cache.chunk_size if grad_cache.enabled else None)
     apply_gradients(task, optimizer, scheduler, config.optim.max_grad_norm)
     return losses
+
+
+def step_gradients(task: ContrastiveTask, batch: dict[str, Any],
+                   chunk_size: ChunkSize | None) -> dict[str, float]:
+    """One step's losses, its gradients accumulated into ``.grad`` (averaged over ranks), with
+    the gradient cache's ``chunk_size`` (None: no cache)."""
+    if world_size() > 1:
+        sync_random_state(next(task.parameters()).device)  # rank 0's: resumes draw the same
+    return accumulate_gradients(task, batch, chunk_size=chunk_size,
+                                strategy=strategy_for(task.objective))
 
 
 def apply_gradients(
