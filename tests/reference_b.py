@@ -173,32 +173,54 @@ def naive_cwcl(
 def naive_one_to_k(
     query: Tensor, views: Tensor, *, temperature: float = 0.07, symmetric: bool = True
 ) -> Tensor:
-    """Nie et al. 2024: anchor i against all B·K views with each of its K views as a target,
-    and each view against the B anchors; each term averaged over its B·K (anchor, view) pairs."""
-    rows, k = views.shape[:2]
+    """Nie et al. 2024, transcribed from the authors' released code rather than from our reading:
+    BUAADreamer/CCRK, ``models/xvlm.py``, ``XVLMBase.get_unialign_contrastive_loss`` (the
+    ``idx is None`` branch, one process, default ``need_divm = 0``), step by step with loops.
 
-    def s(a: Tensor, b: Tensor) -> Tensor:
-        return naive_similarity(a, b, True) / temperature
+    The authors' text features are the K captions of each image laid out image by image (their
+    ``collate_fn`` concatenates each item's stacked captions), so text ``t`` belongs to image
+    ``t // K``; ``logits = image_feat @ text_feat.t() / temp`` on L2-normalised features;
+    ``labels_i2t[i][K·i : K·i + K] = 1``, ``labels_t2i = labels_i2t.t()``;
+    ``loss_i2t = −Σ_t log_softmax(logits[i])[t] · labels_i2t[i][t]``, mean over images;
+    ``loss_t2i`` the same on ``logits.t()`` with ``labels_t2i``, mean over texts;
+    ``res_loss = (loss_i2t + loss_t2i) / 2``, then ``res_loss / tsz`` with ``tsz = K``.
 
-    forward = ZERO
-    for i in range(rows):
+    ``symmetric=False`` (ours; the authors' code has no one-direction form): ``loss_i2t / K``.
+    """
+    images, k = views.shape[:2]
+    texts = [views[i, m] for i in range(images) for m in range(k)]  # text i·K + m
+    tsz = len(texts) // images
+
+    logits = [[naive_similarity(query[i], texts[t], True) / temperature
+               for t in range(len(texts))] for i in range(images)]
+    labels_i2t = [[0.0] * len(texts) for _ in range(images)]
+    for i in range(images):
+        for t in range(tsz * i, tsz * i + tsz):
+            labels_i2t[i][t] = 1.0
+    labels_t2i = [[labels_i2t[i][t] for i in range(images)] for t in range(len(texts))]
+    logits_t = [[logits[i][t] for i in range(images)] for t in range(len(texts))]
+
+    def log_softmax(row: list[Tensor]) -> list[Tensor]:
         denominator = ZERO
-        for j in range(rows):
-            for m in range(k):
-                denominator = denominator + torch.exp(s(query[i], views[j, m]))
-        for m in range(k):
-            forward = forward - torch.log(torch.exp(s(query[i], views[i, m])) / denominator)
-    forward = forward / (rows * k)
+        for value in row:
+            denominator = denominator + torch.exp(value)
+        return [torch.log(torch.exp(value) / denominator) for value in row]
+
+    def soft_target_loss(rows: list[list[Tensor]], labels: list[list[float]]) -> Tensor:
+        total = ZERO
+        for row, label in zip(rows, labels, strict=True):
+            row_sum = ZERO
+            for log_p, weight in zip(log_softmax(row), label, strict=True):
+                row_sum = row_sum + log_p * weight
+            total = total - row_sum
+        return total / len(rows)  # .mean() over the rows
+
+    loss_i2t = soft_target_loss(logits, labels_i2t)
     if not symmetric:
-        return forward
-    reverse = ZERO
-    for i in range(rows):
-        for m in range(k):
-            denominator = ZERO
-            for j in range(rows):
-                denominator = denominator + torch.exp(s(views[i, m], query[j]))
-            reverse = reverse - torch.log(torch.exp(s(views[i, m], query[i])) / denominator)
-    return (forward + reverse / (rows * k)) / 2
+        return loss_i2t / tsz
+    loss_t2i = soft_target_loss(logits_t, labels_t2i)
+    res_loss = (loss_i2t + loss_t2i) / 2
+    return res_loss / tsz
 
 
 def naive_conr(

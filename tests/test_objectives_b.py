@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from reference_a import naive_clip
 from reference_b import (
     naive_alignment,
     naive_conr,
@@ -368,7 +369,7 @@ def test_cwcl_weights_carry_no_gradient() -> None:
 
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
-@pytest.mark.parametrize("k", [2, 3])  # K = 1 is checked against info_nce below
+@pytest.mark.parametrize("k", [1, 2, 3])  # K = 1 is also checked against CLIP below
 @pytest.mark.parametrize(("batch", "dim"), SHAPES, ids=lambda v: str(v))
 def test_one_to_k_matches_naive(
     batch: int, dim: int, k: int, temperature: float, symmetric: bool
@@ -381,20 +382,27 @@ def test_one_to_k_matches_naive(
 
 
 def test_one_to_k_known_answer() -> None:
-    # Anchors [e1, e2], views [[e1, e1], [e2, e2]], τ = 1. Anchor e1 against 4 views: logits
-    # [1, 1, 0, 0], each own view −(1 − log(2e + 2)); each view against 2 anchors: [1, 0].
+    # Anchors [e1, e2], views [[e1, e1], [e2, e2]], τ = 1, K = 2. Anchor e1 against 4 views:
+    # logits [1, 1, 0, 0], each own view −(1 − log(2e + 2)), summed over its 2 views; each view
+    # against 2 anchors: logits [1, 0]. The authors' (L_i2t + L_t2i) / (2K):
     eye = torch.eye(2, dtype=torch.float64)
     views = eye[:, None, :].repeat(1, 2, 1)
-    forward = math.log(2 * E + 2) - 1
-    reverse = math.log(1 + E) - 1
+    loss_i2t = 2 * (math.log(2 * E + 2) - 1)  # mean over anchors of the sum over their views
+    loss_t2i = math.log(1 + E) - 1  # mean over the 4 views
+    expected = (loss_i2t + loss_t2i) / (2 * 2)
     assert_close(one_to_k_contrastive(eye, views, temperature=1.0),
-                 torch.tensor((forward + reverse) / 2, dtype=torch.float64))
+                 torch.tensor(expected, dtype=torch.float64))
+    assert_close(one_to_k_contrastive(eye, views, temperature=1.0, symmetric=False),
+                 torch.tensor(loss_i2t / 2, dtype=torch.float64))
 
 
 def test_one_to_k_with_one_view_is_clip() -> None:
+    # K = 1: the authors' / (2K) is CLIP's mean of the two directions (naive CLIP loop).
     query, views = leaves((5, 6), (5, 1, 6), seed=11)
-    assert_close(one_to_k_contrastive(query, views, temperature=0.1),
-                 info_nce(query, views[:, 0], temperature=0.1, symmetric=True))
+    loss = one_to_k_contrastive(query, views, temperature=0.1)
+    assert_same_value_and_grads(loss, naive_clip(query, views[:, 0], logit_scale=10.0),
+                                [query, views])
+    assert_close(loss, info_nce(query, views[:, 0], temperature=0.1, symmetric=True))
 
 
 def test_one_to_k_favours_no_view_and_ignores_batch_order() -> None:

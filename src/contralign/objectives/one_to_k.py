@@ -2,17 +2,21 @@
 
 One anchor (an image) is aligned with its K views (its captions in K languages) in a single
 softmax, so that no language is the pivot and none is favoured. With anchors ``a_i`` ``(B, D)``,
-views ``v_{i,k}`` ``(B, K, D)``, ``s = cos / τ``:
+views ``v_{i,k}`` ``(B, K, D)``, ``s = cos / τ``, the loss is the one the authors' released code
+computes (BUAADreamer/CCRK, ``models/xvlm.py``, ``XVLMBase.get_unialign_contrastive_loss`` with its
+default ``need_divm = 0``):
 
-    L_a2v = −(1/B) Σ_i (1/K) Σ_k log( e^{s(a_i, v_{i,k})} / Σ_j Σ_k' e^{s(a_i, v_{j,k'})} )
-    L_v2a = −(1/B) Σ_i (1/K) Σ_k log( e^{s(v_{i,k}, a_i)} / Σ_j e^{s(v_{i,k}, a_j)} )
-    L     = (L_a2v + L_v2a) / 2
+    L_i2t = −(1/B) Σ_i Σ_k log( e^{s(a_i, v_{i,k})} / Σ_j Σ_k' e^{s(a_i, v_{j,k'})} )
+    L_t2i = −(1/(B·K)) Σ_i Σ_k log( e^{s(v_{i,k}, a_i)} / Σ_j e^{s(v_{i,k}, a_j)} )
+    L     = (L_i2t + L_t2i) / (2K)
 
 Each anchor row is one softmax over all ``B·K`` views whose target puts mass 1 on each of its own K
-views (the other K − 1 views of the same item stay in the denominator, as in the authors'
-``get_unialign_contrastive_loss``); each view row is a softmax over the B anchors. K = 1 is CLIP's
-symmetric InfoNCE. The authors' released code also divides both terms by K once more
-(``need_divm = 0``), which down-weights L_v2a by 1/K; we keep the paper's equal weighting.
+views (the other K − 1 views of the same item stay in the denominator), summed over those K and
+averaged over the B anchors; each view row is a softmax over the B anchors, averaged over the
+``B·K`` views. Dividing the sum by 2K averages the anchor → views term over its K views but divides
+the views → anchor term, already a mean, by K once more: per (anchor, view) pair the views → anchor
+direction weighs 1/K of the other. That is the authors' weighting, kept as released. (The paper's
+own equation could not be read here; only its abstract could.) K = 1 is CLIP's symmetric InfoNCE.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ def one_to_k_contrastive(
         query: ``(B, D)`` anchors (e.g. images).
         views: ``(B, K, D)`` the K aligned views of each anchor (e.g. K languages' captions).
         temperature: τ (0.07 in the authors' configs); a tensor for a learned one.
-        symmetric: average with the views → anchors direction; otherwise only anchors → views.
+        symmetric: the authors' two-direction loss ``(L_i2t + L_t2i) / (2K)``; otherwise the
+            anchors → views direction alone, ``L_i2t / K`` (ours: the authors' code has no
+            one-direction form).
 
     Returns:
         The scalar loss.
@@ -57,12 +63,14 @@ def one_to_k_contrastive(
     log_probs = F.log_softmax(logits, dim=1).view(batch, batch, k)  # (B, B, K)
     # [i, i, k] is anchor i's log-probability of its own view k.
     own = log_probs.diagonal(dim1=0, dim2=1)  # (K, B)
-    loss = -own.mean()
+    anchors_to_views = -own.mean()  # L_i2t / K: the sum over K views, mean over B anchors, / K
     if not symmetric:
-        return loss
+        return anchors_to_views
     reverse = F.log_softmax(logits.T, dim=1)  # (B·K, B)
     target = torch.arange(batch, device=query.device).repeat_interleave(k)  # (B·K,) = row // K
-    return (loss + F.nll_loss(reverse, target)) / 2
+    views_to_anchors = F.nll_loss(reverse, target)  # L_t2i: mean over the B·K views
+    # (L_i2t + L_t2i) / (2K), as the authors' code: the views → anchors mean is divided by K too.
+    return (anchors_to_views + views_to_anchors / k) / 2
 
 
 class OneToKContrastiveLoss(nn.Module):
@@ -75,7 +83,7 @@ class OneToKContrastiveLoss(nn.Module):
         temperature: τ, or its initial value when learned (0.07 in the authors' configs, where
             it is learned).
         learnable_temperature: learn τ with the towers.
-        symmetric: average both directions.
+        symmetric: both directions, weighted as the authors' code (see the module docstring).
 
     Raises:
         ValueError: a temperature that is not finite and > 0.
