@@ -82,37 +82,53 @@ def naive_pairwise(views: Tensor, temperature: float) -> Tensor:
     return total / (num_views * (num_views - 1) * batch)
 
 
-def naive_poly_view(views: Tensor, temperature: float, mean: str) -> Tensor:
-    """Poly-view (arXiv:2403.05490): ratios against the positive and all other items' views.
+def naive_poly_view(views: Tensor, temperature: float) -> Tensor:
+    """Poly-view, geometric (arXiv:2403.05490), transcribed with loops from a public
+    re-implementation rather than from our reading: ``PVCLoss.forward`` with
+    ``method="geometric"`` and its ``get_mask``, pakoromilas/Multi-View-CL, ``models/losses.py``
+    (the paper's equations could not be read).
 
-    ``r_{αβ} = e^{s(a,p)} / (e^{s(a,p)} + Σ_{j≠i,γ} e^{s(a, z_{jγ})})``; geometric: −mean_β log r;
-    arithmetic: −log mean_β r; mean over all anchors. Written from ``nt_xent``'s docstring, not
-    from the paper's equations, which could not be read (see ``nt_xent``).
+    There, with k items and m views, ``scores[j, α, n, k2] = cos(z_{j,α}, z_{k2,n}) / τ``; for
+    each α and each β ≠ α, row j takes the m·k logits ``scores[j, α]`` with the entries
+    ``k2 = j, n ≠ β`` masked out (the anchor itself and its other views), target ``(n, k2) =
+    (β, j)``; ``F.cross_entropy`` (mean over the k rows); the mean over β (geometric), then over
+    α and the samples.
     """
-    batch, num_views, _ = views.shape
-    total = _zero()
-    for i in range(batch):
-        for a in range(num_views):
-            negatives = [views[j, c] for j in range(batch) if j != i for c in range(num_views)]
-            ratios = [
-                torch.exp(_log_ratio(views[i, a], views[i, b], [views[i, b]] + negatives,
-                                     temperature))
-                for b in range(num_views) if b != a
-            ]
-            if mean == "geometric":
-                total = total - sum((torch.log(r) for r in ratios), _zero()) / len(ratios)
-            else:
-                total = total - torch.log(sum(ratios, _zero()) / len(ratios))
-    return total / (batch * num_views)
+    k, m, _ = views.shape
+
+    def score(j: int, alpha: int, n: int, k2: int) -> Tensor:
+        return naive_similarity(views[j, alpha], views[k2, n], True) / temperature
+
+    def masked(j: int, n: int, k2: int, beta: int) -> bool:
+        return k2 == j and n != beta  # get_mask: the self-sample index, the views other than β
+
+    losses_alpha = []
+    for alpha in range(m):
+        losses_alpha_beta = []
+        for beta in range(m):
+            if alpha == beta:
+                continue
+            cross_entropy = _zero()
+            for j in range(k):
+                kept = [score(j, alpha, n, k2) for n in range(m) for k2 in range(k)
+                        if not masked(j, n, k2, beta)]
+                denominator = _zero()
+                for logit in kept:
+                    denominator = denominator + torch.exp(logit)
+                target = score(j, alpha, beta, j)
+                cross_entropy = cross_entropy - torch.log(torch.exp(target) / denominator)
+            losses_alpha_beta.append(cross_entropy / k)
+        losses_alpha.append(sum(losses_alpha_beta, _zero()) / len(losses_alpha_beta))
+    return sum(losses_alpha, _zero()) / m
 
 
-def naive_nt_xent(views: Tensor, temperature: float, aggregation: str, mean: str) -> Tensor:
-    """The naive loop for ``nt_xent(views, aggregation=…, poly_view_mean=…)``."""
+def naive_nt_xent(views: Tensor, temperature: float, aggregation: str) -> Tensor:
+    """The naive loop for ``nt_xent(views, aggregation=…)``."""
     if aggregation == "multi_positive":
         return naive_multi_positive(views, temperature)
     if aggregation == "pairwise":
         return naive_pairwise(views, temperature)
-    return naive_poly_view(views, temperature, mean)
+    return naive_poly_view(views, temperature)
 
 
 def naive_clip(query: Tensor, key: Tensor, logit_scale: float, label_smoothing: float = 0.0

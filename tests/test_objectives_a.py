@@ -21,18 +21,14 @@ from torch.testing import assert_close
 
 from contralign.objectives.clip import CLIPLoss, clip_loss
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.multiview import Aggregation, NTXentLoss, PolyViewMean, nt_xent
+from contralign.objectives.multiview import Aggregation, NTXentLoss, nt_xent
 from contralign.objectives.sigmoid import SigLIPLoss, sigmoid_loss
 from contralign.objectives.supervised import SupConLoss, Variant, supcon
 
 E = math.e
 
-# nt_xent options as (aggregation, poly_view_mean), and the naive loop that defines each.
-AGGREGATIONS: list[tuple[Aggregation, PolyViewMean]] = [
-    ("multi_positive", "geometric"), ("pairwise", "geometric"),
-    ("poly_view", "geometric"), ("poly_view", "arithmetic"),
-]
-AGG_IDS = ["multi_positive", "pairwise", "poly_geometric", "poly_arithmetic"]
+# nt_xent's aggregations; naive_nt_xent holds the naive loop of each.
+AGGREGATIONS: list[Aggregation] = ["multi_positive", "pairwise", "poly_view"]
 
 
 def leaf(*shape: int, seed: int, scale: float = 1.0) -> Tensor:
@@ -56,37 +52,37 @@ def assert_value_and_grads(fast: Tensor, naive: Tensor, inputs: list[Tensor]) ->
 # --- NT-Xent and its multi-view aggregations --------------------------------------------------
 
 
-@pytest.mark.parametrize(("aggregation", "mean"), AGGREGATIONS, ids=AGG_IDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("num_views", [2, 3, 4], ids=lambda v: f"V{v}")
 @pytest.mark.parametrize(("batch", "temperature"), [(1, 0.5), (3, 0.1), (4, 0.5)],
                          ids=["B1-tau0.5", "B3-tau0.1", "B4-tau0.5"])
 def test_nt_xent_matches_naive(
-    batch: int, num_views: int, temperature: float, aggregation: Aggregation, mean: PolyViewMean
+    batch: int, num_views: int, temperature: float, aggregation: Aggregation
 ) -> None:
     views = leaf(batch, num_views, 5, seed=batch * 10 + num_views)
-    fast = nt_xent(views, temperature=temperature, aggregation=aggregation, poly_view_mean=mean)
-    naive = naive_nt_xent(views, temperature, aggregation, mean)
+    fast = nt_xent(views, temperature=temperature, aggregation=aggregation)
+    naive = naive_nt_xent(views, temperature, aggregation)
     assert_value_and_grads(fast, naive, [views])
 
 
-@pytest.mark.parametrize(("aggregation", "mean"), AGGREGATIONS, ids=AGG_IDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
 @pytest.mark.parametrize("batch", [1, 2, 5])
-def test_two_views_is_simclr_nt_xent(batch: int, temperature: float, aggregation: Aggregation,
-                                     mean: PolyViewMean) -> None:
+def test_two_views_is_simclr_nt_xent(batch: int, temperature: float,
+                                     aggregation: Aggregation) -> None:
     query, key = leaf(batch, 6, seed=batch), leaf(batch, 6, seed=batch + 100)
     fast = nt_xent(torch.stack([query, key], dim=1), temperature=temperature,
-                   aggregation=aggregation, poly_view_mean=mean)
+                   aggregation=aggregation)
     assert_value_and_grads(fast, naive_simclr(query, key, temperature), [query, key])
 
 
-@pytest.mark.parametrize(("aggregation", "mean"), AGGREGATIONS, ids=AGG_IDS)
-def test_nt_xent_gradcheck(aggregation: Aggregation, mean: PolyViewMean) -> None:
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_nt_xent_gradcheck(aggregation: Aggregation) -> None:
     views = leaf(3, 3, 4, seed=1)
     temperature = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
 
     def loss(v: Tensor, tau: Tensor) -> Tensor:
-        return nt_xent(v, temperature=tau, aggregation=aggregation, poly_view_mean=mean)
+        return nt_xent(v, temperature=tau, aggregation=aggregation)
 
     assert torch.autograd.gradcheck(loss, (views, temperature))
 
@@ -96,8 +92,8 @@ def test_nt_xent_known_answers() -> None:
     e1, e2 = torch.eye(2, dtype=torch.float64)
     two = torch.stack([torch.stack([e1, e1]), torch.stack([e2, e2])])  # (B=2, V=2, D=2)
     # V = 2: one positive (e^1) among 3 candidates -> log(1 + 2/e) for every anchor.
-    for aggregation, mean in AGGREGATIONS:
-        value = nt_xent(two, temperature=1.0, aggregation=aggregation, poly_view_mean=mean)
+    for aggregation in AGGREGATIONS:
+        value = nt_xent(two, temperature=1.0, aggregation=aggregation)
         assert_close(value, torch.tensor(math.log(1 + 2 / E), dtype=torch.float64))
     three = torch.stack([torch.stack([e1, e1, e1]), torch.stack([e2, e2, e2])])  # V = 3
     expected = {
@@ -108,29 +104,15 @@ def test_nt_xent_known_answers() -> None:
         # each positive is contrasted with the other item's 3 views only: e / (e + 3).
         "poly_view": math.log(1 + 3 / E),
     }
-    for aggregation, mean in AGGREGATIONS:
-        value = nt_xent(three, temperature=1.0, aggregation=aggregation, poly_view_mean=mean)
+    for aggregation in AGGREGATIONS:
+        value = nt_xent(three, temperature=1.0, aggregation=aggregation)
         assert_close(value, torch.tensor(expected[aggregation], dtype=torch.float64))
 
 
-def test_poly_view_arithmetic_is_below_geometric() -> None:
-    # AM ≥ GM on the ratios, so −log AM ≤ −log GM; equal when V = 2 (a single ratio).
-    views = leaf(5, 4, 6, seed=2)
-    geometric = nt_xent(views, temperature=0.2, aggregation="poly_view")
-    arithmetic = nt_xent(views, temperature=0.2, aggregation="poly_view",
-                         poly_view_mean="arithmetic")
-    assert arithmetic < geometric - 1e-6
-    two = views[:, :2]
-    assert_close(nt_xent(two, aggregation="poly_view", poly_view_mean="arithmetic"),
-                 nt_xent(two, aggregation="poly_view"))
-
-
-@pytest.mark.parametrize(("aggregation", "mean"), AGGREGATIONS, ids=AGG_IDS)
-def test_nt_xent_ignores_item_and_view_order_and_norms(
-    aggregation: Aggregation, mean: PolyViewMean
-) -> None:
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_nt_xent_ignores_item_and_view_order_and_norms(aggregation: Aggregation) -> None:
     views = leaf(5, 3, 4, seed=3)
-    kwargs: dict[str, Any] = dict(temperature=0.2, aggregation=aggregation, poly_view_mean=mean)
+    kwargs: dict[str, Any] = dict(temperature=0.2, aggregation=aggregation)
     loss = nt_xent(views, **kwargs)
     items = torch.tensor([3, 0, 4, 1, 2])
     assert_close(nt_xent(views[items], **kwargs), loss)
@@ -138,8 +120,8 @@ def test_nt_xent_ignores_item_and_view_order_and_norms(
     norms = torch.rand(5, 3, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert_close(nt_xent(views * (0.1 + 5 * norms), **kwargs), loss)
     # The aggregations differ once V > 2, so each check above can single one out.
-    others = [nt_xent(views, temperature=0.2, aggregation=a, poly_view_mean=m)
-              for a, m in AGGREGATIONS if (a, m) != (aggregation, mean)]
+    others = [nt_xent(views, temperature=0.2, aggregation=a)
+              for a in AGGREGATIONS if a != aggregation]
     assert all(not torch.allclose(loss, other) for other in others)
 
 
@@ -150,8 +132,6 @@ def test_nt_xent_rejects_bad_shapes_and_options() -> None:
         nt_xent(torch.randn(4, 3))
     with pytest.raises(ValueError, match="'mean'"):
         nt_xent(torch.randn(4, 2, 3), aggregation="mean")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="'harmonic'"):
-        nt_xent(torch.randn(4, 2, 3), poly_view_mean="harmonic")  # type: ignore[arg-type]
 
 
 def test_nt_xent_module_reads_views_or_query_and_key() -> None:
@@ -166,8 +146,8 @@ def test_nt_xent_module_reads_views_or_query_and_key() -> None:
         module(Embedded(views[:, 0]))
 
 
-@pytest.mark.parametrize("kwargs", [{"aggregation": "sum"}, {"poly_view_mean": "median"},
-                                    {"temperature": 0.0}, {"temperature": float("nan")}])
+@pytest.mark.parametrize("kwargs", [{"aggregation": "sum"}, {"temperature": 0.0},
+                                    {"temperature": float("nan")}])
 def test_nt_xent_module_rejects_bad_options(kwargs: dict[str, Any]) -> None:
     bad = str(next(iter(kwargs.values())))
     with pytest.raises(ValueError, match=bad):
@@ -484,13 +464,12 @@ def test_sigmoid_matches_open_clip(batch: int, logit_scale: float, logit_bias: f
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize(("aggregation", "mean"), AGGREGATIONS, ids=AGG_IDS)
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
-def test_two_view_nt_xent_matches_lightly(temperature: float, aggregation: Aggregation,
-                                          mean: PolyViewMean) -> None:
+def test_two_view_nt_xent_matches_lightly(temperature: float, aggregation: Aggregation) -> None:
     lightly_loss = pytest.importorskip("lightly.loss")
     query, key = leaf(6, 8, seed=31), leaf(6, 8, seed=32)
     theirs = lightly_loss.NTXentLoss(temperature=temperature)(query, key)
     ours = nt_xent(torch.stack([query, key], dim=1), temperature=temperature,
-                   aggregation=aggregation, poly_view_mean=mean)
+                   aggregation=aggregation)
     assert_value_and_grads(ours, theirs, [query, key])

@@ -7,16 +7,16 @@ Every item of the batch is seen through V views, ``(B, V, D)``. Three ways to co
   log-probabilities (the SupCon L_out form, arXiv:2004.11362, with "same item" as the label).
 - ``"pairwise"``: the full graph of CMC (arXiv:1906.05849): the mean over all ordered view pairs
   of the two-view NT-Xent between those two views only.
-- ``"poly_view"``: Poly-View Contrastive Learning (Shidani et al., ICLR 2024, arXiv:2403.05490):
-  the pairwise InfoNCE ratios of one anchor are computed against the other items' views only and
-  aggregated over its positives by a geometric or arithmetic mean.
+- ``"poly_view"``: the geometric aggregation of Poly-View Contrastive Learning (Shidani et al.,
+  ICLR 2024, arXiv:2403.05490) as a public re-implementation computes it: the pairwise InfoNCE
+  ratios of one anchor are computed against the other items' views only and averaged in log
+  space over its positives.
 
 With V = 2 all three are SimCLR's NT-Xent.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
@@ -27,7 +27,6 @@ from contralign.objectives.inputs import Embedded
 from contralign.objectives.temperature import check_temperature
 
 Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
-PolyViewMean = Literal["geometric", "arithmetic"]
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -56,9 +55,9 @@ def _multi_positive(sims: Tensor, positive: Tensor, num_views: int) -> Tensor:
     return -torch.where(positive, log_prob, 0.0).sum(dim=1).div(num_views - 1).mean()
 
 
-def _poly_view(sims: Tensor, positive: Tensor, same_item: Tensor, num_views: int,
-               mean: PolyViewMean) -> Tensor:
-    """Poly-view: for anchor a and positive p, the candidates are p and every other item's views."""
+def _poly_view(sims: Tensor, positive: Tensor, same_item: Tensor, num_views: int) -> Tensor:
+    """Poly-view (geometric): for anchor a and positive p, the candidates are p and every other
+    item's views; the mean over the V − 1 positives of −log r."""
     rows = sims.shape[0]
     pos_sims = sims[positive].view(rows, num_views - 1)  # (N, V-1) the anchor's positives
     if rows > num_views:  # there are other items
@@ -66,12 +65,7 @@ def _poly_view(sims: Tensor, positive: Tensor, same_item: Tensor, num_views: int
     else:  # one item: no negatives; a constant keeps an all -inf logsumexp out of the graph
         negative_lse = sims.new_full((rows,), float("-inf"))
     log_prob = pos_sims - torch.logaddexp(pos_sims, negative_lse[:, None])  # (N, V-1)
-    match mean:
-        case "geometric":  # log of the geometric mean of the ratios
-            per_anchor = log_prob.mean(dim=1)
-        case "arithmetic":  # log of the arithmetic mean of the ratios
-            per_anchor = log_prob.logsumexp(dim=1) - math.log(num_views - 1)
-    return -per_anchor.mean()
+    return -log_prob.mean()  # the log of the geometric mean of the ratios, mean over anchors
 
 
 def nt_xent(
@@ -79,7 +73,6 @@ def nt_xent(
     *,
     temperature: float | Tensor = 0.5,
     aggregation: Aggregation = "multi_positive",
-    poly_view_mean: PolyViewMean = "geometric",
     normalize: bool = True,
 ) -> Tensor:
     """NT-Xent over ``V ≥ 2`` views of each item, in-batch negatives from the other items.
@@ -97,30 +90,26 @@ def nt_xent(
       pairs and the B anchors. Averaging the two orders of a pair gives SimCLR's symmetric loss,
       so with V = 2 this is exactly NT-Xent. (CMC itself contrasts against view β only, with a
       memory bank; here each pair keeps SimCLR's same-view negatives.)
-    - ``"poly_view"`` (Poly-View Contrastive Learning, arXiv:2403.05490): for anchor ``z_{i,α}``
-      and each positive ``z_{i,β}`` the pairwise ratio (``a = z_{i,α}``, ``p = z_{i,β}``)
-      ``r_{αβ} = e^{s(a, p)} / (e^{s(a, p)} + Σ_{j≠i} Σ_γ e^{s(a, z_{j,γ})})``
-      uses every view of every other item as a negative but never the anchor's other positives.
-      ``poly_view_mean="geometric"`` (Geometric PVC): ``ℓ = −1/(V−1) Σ_β log r_{αβ}``;
-      ``"arithmetic"`` (Arithmetic PVC): ``ℓ = −log( 1/(V−1) Σ_β r_{αβ} )`` (≤ the geometric one);
-      loss = mean over all ``B·V`` anchors. **Not checked against the paper's equations**: only
-      its abstract, its Figure 1 caption and its OpenReview reviews could be read (arXiv, ar5iv
-      and OpenReview pages and code indexes searched), so no equation number is cited. Two
-      public re-implementations (pakoromilas/Multi-View-CL ``PVCLoss`` and a second
-      repository's ``poly_view_cl``) share a mask docstring word for word, so both likely
-      transcribe the paper's appendix pseudocode. Both use the candidate set above (item i's
-      views other than α and β masked) and the geometric branch above. Their arithmetic branch
-      is ``logsumexp_β(ℓ_{αβ}) − log B`` with ``ℓ = −log r``, the log of the mean of ``1/r`` plus a
-      constant: at or above the geometric loss, where ours (the log of the mean of ``r``) is at
-      or below it. Which one the paper's equation states is open; ours is kept until someone
-      reads the paper.
+    - ``"poly_view"`` (Poly-View Contrastive Learning, arXiv:2403.05490, its geometric
+      aggregation): for anchor ``a = z_{i,α}`` and each positive ``p = z_{i,β}`` the ratio
+      ``r_{αβ} = e^{s(a, p)} / (e^{s(a, p)} + Σ_{j≠i} Σ_γ e^{s(a, z_{j,γ})})`` uses every view of
+      every other item as a negative but never the anchor's other positives;
+      ``ℓ = −1/(V−1) Σ_β log r_{αβ}``; loss = mean over all ``B·V`` anchors. **Checked against a
+      public re-implementation, not against the paper's equations**, which could not be read
+      (only the abstract and the OpenReview reviews; no code from the authors was found):
+      ``PVCLoss(method="geometric")`` in pakoromilas/Multi-View-CL (``models/losses.py``; the
+      code of arXiv:2507.06979, which runs PVC as a baseline), whose mask docstring a second
+      repository shares word for word, so both likely transcribe the paper's appendix. The
+      arithmetic aggregation (Arithmetic PVC) is not offered: both repositories compute it as
+      ``logsumexp_β(ℓ_{αβ}) − log B`` with ``ℓ`` the batch-mean cross-entropy (so a log-mean of
+      ``1/r`` rather than of ``r``, minus the log of the batch size), which cannot be checked
+      against the paper's equation here.
 
     Args:
         views: ``(B, V, D)`` embeddings, V ≥ 2.
         temperature: τ (a tensor for a learned one). SimCLR's default 0.5 (its CIFAR-10 setting and
             lightly's default; its ImageNet runs use 0.1).
         aggregation: ``"multi_positive"``, ``"pairwise"`` or ``"poly_view"``.
-        poly_view_mean: ``"geometric"`` or ``"arithmetic"``; used by ``"poly_view"`` only.
         normalize: compare by cosine (L2-normalise first) rather than by dot product.
 
     Returns:
@@ -130,7 +119,6 @@ def nt_xent(
         ValueError: ``views`` not ``(B, V, D)`` with V ≥ 2, or an unknown option value.
     """
     _check_choice("aggregation", aggregation, get_args(Aggregation))
-    _check_choice("poly_view_mean", poly_view_mean, get_args(PolyViewMean))
     if views.dim() != 3 or views.shape[1] < 2 or views.shape[0] < 1:
         raise ValueError(f"nt_xent: views {tuple(views.shape)} must be (B, V, D) with V >= 2")
     if normalize:
@@ -146,7 +134,7 @@ def nt_xent(
     positive = same_item & ~torch.eye(len(item), dtype=torch.bool, device=views.device)
     if aggregation == "multi_positive":
         return _multi_positive(sims, positive, num_views)
-    return _poly_view(sims, positive, same_item, num_views, poly_view_mean)
+    return _poly_view(sims, positive, same_item, num_views)
 
 
 def views_of(batch: Embedded, objective: str) -> Tensor:
@@ -169,8 +157,7 @@ class NTXentLoss(nn.Module):
     Args:
         temperature: τ; SimCLR (arXiv:2002.05709) default 0.5.
         aggregation: ``"multi_positive"``, ``"pairwise"`` (CMC, arXiv:1906.05849) or
-            ``"poly_view"`` (arXiv:2403.05490); see ``nt_xent``.
-        poly_view_mean: ``"geometric"`` or ``"arithmetic"`` PVC, for ``"poly_view"``.
+            ``"poly_view"`` (arXiv:2403.05490, geometric); see ``nt_xent``.
 
     Raises:
         ValueError: a temperature that is not positive and finite, or an unknown option value.
@@ -178,16 +165,13 @@ class NTXentLoss(nn.Module):
 
     def __init__(
         self, temperature: float = 0.5, aggregation: Aggregation = "multi_positive",
-        poly_view_mean: PolyViewMean = "geometric",
     ) -> None:
         super().__init__()
         check_temperature("nt_xent", temperature)
         _check_choice("aggregation", aggregation, get_args(Aggregation))
-        _check_choice("poly_view_mean", poly_view_mean, get_args(PolyViewMean))
         self.temperature = temperature
         self.aggregation: Aggregation = aggregation
-        self.poly_view_mean: PolyViewMean = poly_view_mean
 
     def forward(self, batch: Embedded) -> Tensor:
         return nt_xent(views_of(batch, "nt_xent"), temperature=self.temperature,
-                       aggregation=self.aggregation, poly_view_mean=self.poly_view_mean)
+                       aggregation=self.aggregation)
