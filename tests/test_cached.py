@@ -261,10 +261,35 @@ def test_auto_chunk_size_follows_free_memory(tiny_model_dir, monkeypatch):
 
 
 def test_free_memory_is_read_on_this_host():
+    """On a host with /proc/meminfo, a byte count above 0 and at most the physical memory
+    (``os.sysconf``, read independently of /proc/meminfo); without it, None."""
+    import os
+
     from contralign.training.cached import free_memory_bytes
 
     free = free_memory_bytes(torch.device("cpu"))
-    assert free is None or free > 0
+    if not Path("/proc/meminfo").is_file():
+        assert free is None
+        return
+    assert isinstance(free, int)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < free <= physical  # the unit (kB times 1024) is checked on a known file below
+
+
+def test_free_memory_parses_mem_available_in_bytes(tmp_path, monkeypatch):
+    """MemAvailable (kB) times 1024; None when the line is missing or the file unreadable."""
+    from contralign.training import cached
+
+    meminfo = tmp_path / "meminfo"
+    monkeypatch.setattr(cached, "Path", lambda name: meminfo if name == "/proc/meminfo" else
+                        Path(name))
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:         1000000 kB\n"
+                       "MemAvailable:    8000123 kB\nBuffers:          200000 kB\n")
+    assert cached.free_memory_bytes(torch.device("cpu")) == 8000123 * 1024
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:         1000000 kB\n")
+    assert cached.free_memory_bytes(torch.device("cpu")) is None
+    meminfo.unlink()
+    assert cached.free_memory_bytes(torch.device("cpu")) is None
 
 
 def _fit_config(model_dir: Path, data: Path, out: Path, **train: Any) -> dict[str, Any]:
