@@ -3,25 +3,40 @@
 Every reader yields ``(line, row)`` where ``row`` maps a file column to its raw value and ``line``
 is where the row sits in the file, as the user sees it:
 
-- JSONL: the 1-based physical line (blank lines are skipped but counted).
-- CSV/TSV: the header is line 1, the first data row line 2. A quoted field may span lines; the
-  row is then reported at the line where it starts.
+- JSONL: the 1-based physical line; lines end at ``\\n``; blank lines are skipped but counted.
+- CSV/TSV: the header is line 1, the first data row line 2; lines end at ``\\n``, ``\\r\\n`` or a
+  lone ``\\r``. A quoted field may span lines; the row is then reported at the line where it
+  starts, a byte that is not UTF-8 at the line that holds it, and a broken quote at the line
+  where its quoted field opens. Fields have no size limit (csv's 131,072 characters is lifted).
 - Parquet: the 1-based row number (row index + 1); there are no lines, so ``file:N`` reads as
   "row N".
-- Plain text: the 1-based physical line; blank lines are skipped. The one column is ``text``.
+- Plain text: the 1-based physical line (ending at ``\\n``); blank lines are skipped. The one
+  column is ``text``.
 
-A line that cannot be parsed at all (malformed JSON, a CSV row with the wrong number of fields)
-raises :class:`~contralign.core.errors.DataError`, unless the caller passes ``on_error``: then the
-error and the raw line go to ``on_error`` and reading continues with the next line.
+Bytes are decoded one physical line at a time (a byte-order mark before the first is dropped), so
+a byte that is not UTF-8 is reported at its own line, never at a line the decoder read ahead to.
+
+A record that cannot be read (bytes that are not UTF-8, malformed JSON, a CSV quote that is never
+closed, a CSV row with the wrong number of fields) raises
+:class:`~contralign.core.errors.DataError`, unless the caller passes ``on_error``: then the error
+and the raw text go to ``on_error`` and reading continues with the next line (after a broken
+quote: with the line after the one where its quoted field opened, so that the lines the quote
+swallowed are read again). A file that cannot be read at all (missing, a folder, no permission, a
+bad header, a damaged parquet file) always raises.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
-from collections.abc import Callable, Iterator
+import re
+import stat
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from contralign.core.errors import DataError
 
@@ -39,8 +54,11 @@ EXTENSIONS: dict[str, FileFormat] = {
     ".txt": "txt",
 }
 TEXT_COLUMN = "text"
-# utf-8-sig drops a byte-order mark, which spreadsheet exports put before the first header name.
-ENCODING = "utf-8-sig"
+# Larger than any field that fits in memory, and small enough for a C long on every platform.
+FIELD_SIZE_LIMIT = 2**31 - 1
+PARQUET_BATCH_ROWS = 4096
+# surrogateescape (PEP 383) keeps an undecodable byte 0xNN as the lone surrogate U+DCNN.
+_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> FileFormat:
@@ -65,36 +83,32 @@ def detect_format(path: str | Path, fmt: str = "auto") -> FileFormat:
     return EXTENSIONS[suffix]
 
 
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
+def printable(name: str) -> str:
+    """``name`` as a message shows it: quoted with escapes when it holds a newline or the like,
+    so that an error stays on one line."""
+    return name if name.isprintable() else repr(name)
 
 
 def read_header(path: str | Path, fmt: str = "auto") -> list[str] | None:
     """The column names of a tabular file, or None for JSONL (each line has its own keys).
 
     Raises:
-        DataError: the file is missing, empty, or has a duplicate column name.
+        DataError: the file is missing or unreadable, empty, not parquet (for parquet), or its
+            header is malformed or has a duplicate column name.
     """
     path = Path(path)
-    _require_file(path)
+    check_readable(path)
     match detect_format(path, fmt):
         case "jsonl":
             return None
         case "txt":
             return [TEXT_COLUMN]
         case "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
+            with _open_binary_checked(path) as f:
+                return _parquet_names(path, _parquet_file(path, f))
         case "csv" | "tsv" as delimited:
-            with path.open(encoding=ENCODING, newline="") as f:
-                reader = csv.reader(f, delimiter=_delimiter(delimited))
-                header = next(reader, None)
-            if not header:
-                raise DataError(path, 1, None, "no header row")
-            _check_header(path, header)
-            return header
+            with closing(_Feed(_lines(path, split_cr=True))) as feed:
+                return _delimited_header(path, feed, _delimiter(delimited))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -107,24 +121,25 @@ def read_rows(
         path: the data file.
         fmt: ``auto`` (from the extension) or one of ``jsonl``, ``csv``, ``tsv``, ``parquet``,
             ``txt``.
-        on_error: called with ``(error, raw line)`` for a line that cannot be parsed; reading then
-            goes on. Without it, such a line raises.
+        on_error: called with ``(error, raw text)`` for a record that cannot be read; reading
+            then goes on. Without it, such a record raises.
 
     Raises:
-        DataError: the file is missing, the format unknown, or (without ``on_error``) a line is
-            malformed: ``file:line: what is wrong``.
+        DataError: the file is missing or unreadable, the format unknown, the header or the
+            parquet structure damaged, or (without ``on_error``) a record is malformed:
+            ``file:line: what is wrong``.
     """
     path = Path(path)
-    _require_file(path)
+    check_readable(path)
     match detect_format(path, fmt):
         case "jsonl":
             yield from _read_jsonl(path, on_error)
         case "csv" | "tsv" as delimited:
             yield from _read_delimited(path, _delimiter(delimited), on_error)
         case "parquet":
-            yield from _read_parquet(path)
+            yield from _read_parquet(path, on_error)
         case "txt":
-            yield from _read_txt(path)
+            yield from _read_txt(path, on_error)
 
 
 def _fail(error: DataError, raw: Any, on_error: OnError | None) -> None:
@@ -137,41 +152,139 @@ def _delimiter(fmt: str) -> str:
     return "\t" if fmt == "tsv" else ","
 
 
-def _check_header(path: Path, header: list[str]) -> None:
+def _check_header(path: Path, header: list[str], line: int | None) -> None:
     seen: set[str] = set()
     for name in header:
         if name in seen:
-            raise DataError(path, 1, name, "duplicate column name in the header")
+            raise DataError(path, line, printable(name), "duplicate column name in the header")
         seen.add(name)
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line, text)`` for each physical line, newline removed; bad UTF-8 names its line."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
+# --- bytes -> numbered lines ---------------------------------------------------------------------
+
+
+def check_readable(path: Path) -> None:
+    """Raise the one-line error for a data path that is not an existing regular file.
+
+    Raises:
+        DataError: ``file not found``, a folder, a device or pipe, or a ``stat`` the OS refuses.
+    """
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(path, None, None, "file not found") from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    if stat.S_ISDIR(mode):
+        raise DataError(path, None, None, "is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise DataError(path, None, None, "not a regular file")
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return DataError(path, None, None, f"cannot read the file: {exc.strerror or exc}")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    """The one place a data file is opened (tests replace it to simulate an OS refusal)."""
+    return path.open("rb")
+
+
+def _open_binary_checked(path: Path) -> BinaryIO:
+    try:
+        return _open_binary(path)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    with _open_binary_checked(path) as f:
+        while True:
             try:
-                text = raw.decode(ENCODING if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(path, number, None, f"not valid UTF-8: {exc.reason}") from None
-            yield number, text.rstrip("\r\n")
+                raw = f.readline()
+            except OSError as exc:
+                raise _unreadable(path, exc) from None
+            if not raw:
+                return
+            yield raw
+
+
+class _Line(NamedTuple):
+    """A physical line: its number, its text with terminator (an undecodable byte kept as a lone
+    surrogate) and, for bytes that are not UTF-8, what is wrong with them."""
+
+    number: int
+    text: str
+    problem: str | None = None
+
+    def shown(self) -> str:
+        """The text for a rejects file, an undecodable byte written as ``\\xNN``."""
+        if self.problem is None:
+            return self.text
+        return self.text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _decode(number: int, raw: bytes) -> _Line:
+    try:
+        return _Line(number, raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "surrogateescape")
+    bad = _UNDECODED.search(text)
+    assert bad is not None, "strict decoding failed, so surrogateescape escaped a byte"
+    byte = ord(bad.group()) - 0xDC00
+    problem = f"not valid UTF-8: byte 0x{byte:02x} at column {bad.start() + 1} (save as UTF-8)"
+    return _Line(number, text, problem)
+
+
+def _lines(path: Path, *, split_cr: bool) -> Iterator[_Line]:
+    """Each physical line, decoded on its own; ``split_cr`` also ends a line at a lone ``\\r``."""
+    number = 0
+    for raw in _raw_lines(path):
+        if number == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        # bytes.splitlines splits at \n, \r\n and \r only; \r\n never straddles two raw lines.
+        for piece in raw.splitlines(keepends=True) if split_cr and b"\r" in raw else (raw,):
+            number += 1
+            yield _decode(number, piece)
+
+
+def _joined(lines: Iterable[_Line]) -> str:
+    return "".join(line.shown() for line in lines).rstrip("\r\n")
+
+
+# --- JSONL and plain text ------------------------------------------------------------------------
 
 
 def _read_jsonl(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
-    for number, line in _numbered_lines(path):
-        if not line.strip():
+    for line in _lines(path, split_cr=False):
+        text = line.text.rstrip("\r\n")
+        if line.problem is not None:
+            _fail(DataError(path, line.number, None, line.problem), _joined([line]), on_error)
+            continue
+        if not text.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json.loads(text)
         except json.JSONDecodeError as exc:
-            error = DataError(path, number, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
-            _fail(error, line, on_error)
-            continue
-        if not isinstance(value, dict):
-            kind = value_kind(value)
-            _fail(DataError(path, number, None, f"expected a JSON object, got {kind}"), line,
-                  on_error)
-            continue
-        yield number, value
+            problem = f"malformed JSON: {exc.msg} (column {exc.colno})"
+        except RecursionError:
+            problem = "malformed JSON: nested too deeply"
+        except ValueError as exc:  # an integer longer than int() accepts (sys.int_info)
+            problem = f"malformed JSON: {str(exc).partition(';')[0]}"
+        else:
+            if isinstance(value, dict):
+                yield line.number, value
+                continue
+            problem = f"expected a JSON object, got {value_kind(value)}"
+        _fail(DataError(path, line.number, None, problem), text, on_error)
+
+
+def _read_txt(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
+    for line in _lines(path, split_cr=False):
+        if line.problem is not None:
+            _fail(DataError(path, line.number, None, line.problem), _joined([line]), on_error)
+        elif line.text.strip():
+            yield line.number, {TEXT_COLUMN: line.text.rstrip("\r\n")}
 
 
 def value_kind(value: Any) -> str:
@@ -192,50 +305,197 @@ def value_kind(value: Any) -> str:
     return type(value).__name__
 
 
+# --- CSV and TSV ---------------------------------------------------------------------------------
+
+
+class _Feed:
+    """Lines for ``csv.reader`` that remember which physical lines the current record took, so
+    that a problem is reported at its own line and reading can start again after a bad quote."""
+
+    def __init__(self, lines: Iterator[_Line]) -> None:
+        self._lines = lines
+        self._replay: deque[_Line] = deque()
+        self.taken: list[_Line] = []
+        if csv.field_size_limit() < FIELD_SIZE_LIMIT:  # process-wide; only ever raised
+            csv.field_size_limit(FIELD_SIZE_LIMIT)
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> str:
+        line = self._replay.popleft() if self._replay else next(self._lines)
+        self.taken.append(line)
+        return line.text
+
+    def take(self) -> list[_Line]:
+        """The lines read since the last call: those of the record just read."""
+        taken, self.taken = self.taken, []
+        return taken
+
+    def replay(self, lines: list[_Line]) -> None:
+        self._replay.extendleft(reversed(lines))
+
+    def close(self) -> None:
+        close = getattr(self._lines, "close", None)
+        if close is not None:
+            close()
+
+
+def _delimited_header(path: Path, feed: _Feed, delimiter: str) -> list[str]:
+    reader = csv.reader(feed, delimiter=delimiter, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        line, message, _ = _quote_problem(feed.take(), delimiter, str(exc))
+        raise DataError(path, line, None, message) from None
+    undecodable = next((line for line in feed.take() if line.problem), None)
+    if undecodable is not None:
+        raise DataError(path, undecodable.number, None, undecodable.problem)
+    if not header:
+        raise DataError(path, 1, None, "no header row")
+    _check_header(path, header, 1)
+    return header
+
+
 def _read_delimited(
     path: Path, delimiter: str, on_error: OnError | None
 ) -> Iterator[tuple[int, Row]]:
-    with path.open(encoding=ENCODING, newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader, None)
-            if not header:
-                raise DataError(path, 1, None, "no header row")
-            _check_header(path, header)
-            start = reader.line_num + 1
-            for fields in reader:
-                # line_num counts physical lines read so far: a quoted field with newlines makes
-                # one row span several, and the row is reported where it starts.
-                line, start = start, reader.line_num + 1
-                if not fields:  # a blank line
-                    continue
-                if len(fields) != len(header):
-                    message = f"expected {len(header)} fields, got {len(fields)}"
-                    _fail(DataError(path, line, None, message), delimiter.join(fields), on_error)
-                    continue
-                yield line, dict(zip(header, fields, strict=True))
-        except csv.Error as exc:
-            raise DataError(path, reader.line_num, None, f"malformed row: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(path, reader.line_num + 1, None, f"not valid UTF-8: {exc.reason}") \
-                from None
+    with closing(_Feed(_lines(path, split_cr=True))) as feed:
+        header = _delimited_header(path, feed, delimiter)
+        # The same reader goes on after a csv.Error: each row starts from a clean state.
+        reader = csv.reader(feed, delimiter=delimiter, strict=True)
+        while True:
+            try:
+                fields = next(reader, None)
+            except csv.Error as exc:
+                lines = feed.take()
+                line, message, keep_from = _quote_problem(lines, delimiter, str(exc))
+                feed.replay(lines[keep_from:])  # the lines the broken quote swallowed
+                _fail(DataError(path, line, None, message), _joined(lines[:keep_from]), on_error)
+                continue
+            if fields is None:
+                return
+            lines = feed.take()
+            if not fields:  # a blank line
+                continue
+            undecodable = next((line for line in lines if line.problem), None)
+            if undecodable is not None:
+                error = DataError(path, undecodable.number, None, undecodable.problem)
+                _fail(error, _joined(lines), on_error)
+            elif len(fields) != len(header):
+                message = f"expected {len(header)} fields, got {len(fields)}"
+                _fail(DataError(path, lines[0].number, None, message), _joined(lines), on_error)
+            else:
+                yield lines[0].number, dict(zip(header, fields, strict=True))
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Row]]:
+def _quote_problem(lines: list[_Line], delimiter: str, reason: str) -> tuple[int, str, int]:
+    """Where a record's quoting goes wrong: ``(line, message, index of the first line to read
+    again)``.
+
+    csv.reader stops at the next quote in the file, or at its end, which for a quote left open is
+    lines later; this follows csv's own rules (strict, doubled quotes) to find the line where the
+    broken quoted field opened.
+    """
+    sep = "a tab" if delimiter == "\t" else repr(delimiter)
+    state, opened = "start", 0  # start | field | quoted | quote (a quote inside a quoted field)
+    for index, line in enumerate(lines):
+        for char in line.text:
+            if state == "quoted":
+                state = "quote" if char == '"' else "quoted"
+            elif state == "quote" and char == '"':
+                state = "quoted"
+            elif char == delimiter or char in "\r\n":
+                state = "start"
+            elif state == "quote":
+                if opened == index:
+                    message = (f"unexpected {char!r} after the closing quote of a quoted field "
+                               f"(expected {sep} or the end of the line)")
+                else:
+                    message = (f"the quoted field opened on this line runs to line "
+                               f"{line.number}, where a quote is followed by {char!r} (expected "
+                               f"{sep} or the end of the line); is a closing quote missing?")
+                return lines[opened].number, message, opened + 1
+            elif state == "start" and char == '"':
+                state, opened = "quoted", index
+            else:
+                state = "field"
+        if state == "quote":  # the end of the last line of the file closes the field
+            state = "start"
+    if state == "quoted":
+        message = "quote never closed: the quoted field opened on this line runs to the end of file"
+        return lines[opened].number, message, opened + 1
+    return lines[0].number, f"malformed CSV row: {reason}", len(lines)  # pragma: no cover
+
+
+# --- Parquet -------------------------------------------------------------------------------------
+
+
+def _parquet_file(path: Path, f: BinaryIO) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a file that is not parquet
-        raise DataError(path, None, None, f"not a readable parquet file: {exc}") from None
-    row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        for values in batch.to_pylist():
-            row += 1
-            yield row, values
+        return pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as exc:  # what pyarrow raises for bytes it cannot parse
+        raise DataError(path, None, None, f"not a readable parquet file: {_first_line(exc)}") \
+            from None
 
 
-def _read_txt(path: Path) -> Iterator[tuple[int, Row]]:
-    for number, line in _numbered_lines(path):
-        if line.strip():
-            yield number, {TEXT_COLUMN: line}
+def _first_line(exc: Exception) -> str:
+    """The first line of pyarrow's message, control characters escaped (they do appear)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
+
+
+def _parquet_names(path: Path, parquet: Any) -> list[str]:
+    try:
+        names = list(parquet.schema_arrow.names)
+    except UnicodeDecodeError:  # pyarrow decodes the column names only when asked
+        raise DataError(path, None, None, "not a readable parquet file: a column name is not "
+                        "valid UTF-8") from None
+    _check_header(path, names, None)
+    return names
+
+
+def _read_parquet(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
+    import pyarrow as pa
+
+    with _open_binary_checked(path) as f:
+        parquet = _parquet_file(path, f)
+        _parquet_names(path, parquet)
+        batches, row = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS), 0
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(path, None, None, f"damaged parquet data after row {row}: "
+                                f"{_first_line(exc)}") from None
+            if batch is None:
+                return
+            try:
+                rows = batch.to_pylist()
+            except UnicodeDecodeError:  # a string value that is not UTF-8: find it row by row
+                rows = [_parquet_row(path, row + 1 + i, batch, i, on_error)
+                        for i in range(batch.num_rows)]
+            for values in rows:
+                row += 1
+                if values is not None:
+                    yield row, values
+
+
+def _parquet_row(
+    path: Path, row: int, batch: Any, index: int, on_error: OnError | None
+) -> Row | None:
+    """Row ``index`` of ``batch``, value by value; None when a value is not valid UTF-8."""
+    values: Row = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            values[name] = column[index].as_py()
+        except UnicodeDecodeError as exc:
+            message = (f"not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at byte "
+                       f"{exc.start + 1} of the value")
+            raw = bytes(exc.object).decode("utf-8", "backslashreplace")
+            _fail(DataError(path, row, printable(name), message), raw, on_error)
+            return None
+    return values
