@@ -232,6 +232,7 @@ def test_load_never_unpickles(index_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     # An object array (a pickle inside .npy) is refused, not executed.
     np.save(index_dir / "embeddings.npy", np.array([{"x": 1}] * 5, dtype=object),
             allow_pickle=True)
+    _restamp(index_dir)  # a forged index.json that vouches for the pickle
     with pytest.raises(ContralignError, match="embeddings.npy: cannot read embeddings"):
         load_index(index_dir)
     for path in SRC.glob("index/*.py"):
@@ -254,11 +255,36 @@ def test_load_never_unpickles(index_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     ],
 )
 def test_damaged_index_is_a_one_line_error(index_dir: Path, damage: Any, file: str) -> None:
+    """Each damage is caught by the checksums, and also by the structural checks behind them
+    when index.json is re-stamped to match (a forged or hand-edited index)."""
     damage(index_dir)
-    with pytest.raises(ContralignError) as info:
+    for restamp in (False, True):
+        if restamp and (index_dir / "index.json").is_file() and file != "index.json":
+            _restamp(index_dir)
+        with pytest.raises(ContralignError) as info:
+            load_index(index_dir)
+        message = str(info.value)
+        where = file if restamp else file.split(":")[0]  # the checksum names the file only
+        assert f"{index_dir / where}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["embeddings.npy", "items.jsonl"])
+def test_a_changed_byte_is_refused_naming_the_file(index_dir: Path, name: str) -> None:
+    path = index_dir / name
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 1  # one bit of the last value / text: the structure still reads
+    path.write_bytes(bytes(data))
+    with pytest.raises(ContralignError, match=f"{path}: damaged: its checksum differs"):
         load_index(index_dir)
-    message = str(info.value)
-    assert f"{index_dir / file}" in message and "\n" not in message
+
+
+def _restamp(folder: Path) -> None:
+    from contralign.core.io import folder_checksums
+
+    meta = json.loads((folder / "index.json").read_text())
+    present = [name for name in ("embeddings.npy", "items.jsonl") if (folder / name).is_file()]
+    meta["sha256"] = {**meta["sha256"], **folder_checksums(folder, present)}
+    (folder / "index.json").write_text(json.dumps(meta))
 
 
 def test_missing_folder_and_bad_save(tmp_path: Path) -> None:

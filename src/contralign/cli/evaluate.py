@@ -14,7 +14,8 @@ STS_COLUMNS = {"anchor": "sentence1", "positive": "sentence2", "score": "score"}
 
 @command
 def eval_command(
-    model: str = typer.Argument(..., help="Model folder, installed model package or hub id."),
+    model: str = typer.Argument(..., help="Model folder, run directory, installed model package, "
+                                "static vectors or hub id."),
     sts: Path | None = typer.Option(None, "--sts", help="STS pairs: sentence1, sentence2, score."),
     retrieval: Path | None = typer.Option(None, "--retrieval", help="(query, relevant) pairs."),
     columns: str | None = typer.Option(
@@ -25,11 +26,12 @@ def eval_command(
     """Evaluate MODEL: STS (Spearman, Pearson ×100), retrieval (Recall@k, MRR@10, nDCG@10, MAP)
     and the geometry of the retrieval pairs (alignment, uniformity)."""
     from contralign.core.errors import ContralignError
-    from contralign.data import DataConfig, load_records
-    from contralign.encoders.text import TextEncoder
+    from contralign.data import DataConfig
+    from contralign.encoders.loading import load_tower
     from contralign.evaluation import (
         evaluate_all,
         geometry_from_records,
+        read_pairs,
         retrieval_from_records,
         sts_from_records,
     )
@@ -38,14 +40,13 @@ def eval_command(
         raise ContralignError("eval: give --sts FILE and/or --retrieval FILE")
     evaluators: list = []
     if sts is not None:
-        records = load_records(DataConfig(path=str(sts), columns=STS_COLUMNS)).records
+        records = read_pairs(DataConfig(path=str(sts), columns=STS_COLUMNS), scored=True)
         evaluators.append(sts_from_records(records, batch_size=batch_size))
     if retrieval is not None:
-        config = DataConfig(path=str(retrieval), columns=parse_columns(columns))
-        records = load_records(config).records
+        records = read_pairs(DataConfig(path=str(retrieval), columns=parse_columns(columns)))
         evaluators += [retrieval_from_records(records, batch_size=batch_size),
                        geometry_from_records(records, batch_size=batch_size)]
-    encoder = TextEncoder.from_pretrained(model)
+    encoder = load_tower(model)
     metrics = evaluate_all(encoder, evaluators)
     if as_json:
         print_json({"model": model, "metrics": metrics})

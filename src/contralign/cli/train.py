@@ -16,8 +16,10 @@ def train_command(
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=1e-5"),
     data: str | None = typer.Option(None, "--data", help="Training data file (sets data.path)."),
     output_dir: str | None = typer.Option(None, "--output-dir", "-o", help="Run directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue the run from its newest intact checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing run (once the new one finishes)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a text encoder with a contrastive objective, as CONFIG describes."""
@@ -32,8 +34,10 @@ def train_command(
         overrides.append(f"data.path={data}")
     if output_dir is not None:
         overrides.append(f"output_dir={output_dir}")
-    train_config = load_config(TrainConfig, find_config(config), overrides)
-    result = fit(train_config, resume=resume, overwrite=overwrite, progress=not as_json)
+    config_path = find_config(config)
+    train_config = load_config(TrainConfig, config_path, overrides)
+    result = fit(train_config, resume=resume, overwrite=overwrite, progress=not as_json,
+                 inputs=[config_path])
     if launched_rank() != 0:  # under torchrun every process gets here; rank 0 reports
         return
     summary = {"run_dir": str(result.run_dir), "model_dir": str(result.model_dir),

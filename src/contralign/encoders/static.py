@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from contralign.core.errors import ModelNotFoundError
 from contralign.core.io import atomic_directory
+from contralign.core.outputs import MODEL
 from contralign.encoders.folder import (
     CONTRALIGN_FILE,
     read_json,
@@ -322,7 +323,7 @@ class StaticEncoder(nn.Module):
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a sentence-transformers ``StaticEmbedding`` folder + ``contralign.json``,
         atomically (safetensors only)."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, MODEL) as tmp:
             weight = self.embedding.weight.detach().to("cpu", torch.float32).contiguous()
             save_file({"embedding.weight": weight}, str(tmp / _WEIGHTS_FILE))
             self.tokenizer.save(str(tmp / _TOKENIZER_FILE))

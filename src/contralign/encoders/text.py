@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contralign.core.errors import ModelNotFoundError
+from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.io import atomic_directory
+from contralign.core.outputs import MODEL
 from contralign.encoders.folder import (
     TextEncoderConfig,
     load_head,
@@ -74,6 +75,7 @@ class TextEncoder(nn.Module):
 
         Raises:
             ModelNotFoundError: nothing loadable under that name (one-line message).
+            ConfigError: a ``max_length`` override beyond the model's position embeddings.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -97,6 +99,11 @@ class TextEncoder(nn.Module):
             if new_dim != config.projection_dim:
                 head = None  # a new head size means a new, freshly initialised head
             config = dataclasses.replace(config, **overrides)
+        positions = getattr(model.config, "max_position_embeddings", None)
+        max_length = overrides.get("max_length")
+        if isinstance(positions, int) and max_length is not None and max_length > positions:
+            raise ConfigError(f"model.max_length: {max_length} exceeds the {positions} positions "
+                              f"of {name_or_path}")
         return cls(model, tokenizer, config, head)
 
     # --- Tower protocol -------------------------------------------------------------------
@@ -193,7 +200,7 @@ class TextEncoder(nn.Module):
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a sentence-transformers folder (safetensors) + ``contralign.json``, atomically."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, MODEL) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_st_layout(tmp, self.config, self.model.config.hidden_size, self.head)

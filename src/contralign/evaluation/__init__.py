@@ -14,7 +14,13 @@ from contralign.evaluation.geometry import (
     geometry_from_records,
     uniformity,
 )
-from contralign.evaluation.protocol import Encoder, Evaluator, PairRecord, encode_unique
+from contralign.evaluation.protocol import (
+    Encoder,
+    Evaluator,
+    PairRecord,
+    encode_unique,
+    read_pairs,
+)
 from contralign.evaluation.retrieval import (
     RetrievalEvaluator,
     ranking_metrics,
@@ -34,6 +40,7 @@ __all__ = [
     "encode_unique",
     "evaluate_all",
     "geometry_from_records",
+    "read_pairs",
     "ranking_metrics",
     "relevant_ranks",
     "retrieval_from_records",

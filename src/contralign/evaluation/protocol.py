@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+from contralign.core.errors import DataError
+
+if TYPE_CHECKING:
+    from contralign.data import DataConfig, Record
 
 
 @runtime_checkable
@@ -37,6 +43,32 @@ class PairRecord(Protocol):
 
     @property
     def score(self) -> float | None: ...
+
+
+def read_pairs(config: DataConfig, *, scored: bool = False,
+               rejects_dir: Path | None = None) -> list[Record]:
+    """Read an evaluation file of pairs (with scores when ``scored``), checked where it enters.
+
+    Raises:
+        DataError: the file maps no positive (or score) column; for scored pairs, fewer than
+            two pairs or scores that are all equal (no correlation is defined).
+    """
+    from contralign.data import load_records  # torch, for batching: not at import time
+
+    records = load_records(config, rejects_dir)
+    needed = ("positive", "score") if scored else ("positive",)
+    for role in needed:
+        if role not in records.roles:
+            raise DataError(config.path, None, "columns", f"evaluation needs a {role} column; "
+                            f"map one (columns found as roles: {', '.join(records.roles)})")
+    if scored:
+        if len(records.records) < 2:
+            raise DataError(config.path, None, None, f"STS needs at least 2 scored pairs, got "
+                            f"{len(records.records)}")
+        if len({record.score for record in records.records}) < 2:
+            raise DataError(config.path, None, "score", "all scores are equal, so no "
+                            "correlation is defined")
+    return records.records
 
 
 def record_pairs(

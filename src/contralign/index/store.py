@@ -4,7 +4,8 @@ Folder layout (written atomically, see ``contralign.core.io.atomic_directory``):
 
     DIR/embeddings.npy   float32 (N, D), plain .npy (no pickle)
     DIR/items.jsonl      one {"id": ..., "text": ...} per line, in row order
-    DIR/index.json       fingerprint, model name, dim, count, created, similarity, format
+    DIR/index.json       fingerprint, model name, dim, count, created, similarity, format,
+                         and the SHA-256 of the two other files (checked on every load)
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from contralign.core.errors import ContralignError
-from contralign.core.io import atomic_directory
+from contralign.core.io import atomic_directory, damaged_files, folder_checksums
+from contralign.core.outputs import INDEX
 from contralign.index.exact import VectorIndex, as_matrix
 from contralign.index.faiss_backend import Backend, build_index
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.jsonl"
 META_FILE = "index.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index.json holds the files' SHA-256; 1 (without) still loads
 
 
 class QueryEncoder(Protocol):
@@ -86,11 +88,12 @@ def save_index(
         "similarity": "cosine",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, INDEX) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, matrix, allow_pickle=False)
         with open(tmp / ITEMS_FILE, "w", encoding="utf-8") as f:
             for item_id, text in zip(ids, texts, strict=True):
                 f.write(json.dumps({"id": str(item_id), "text": text}, ensure_ascii=False) + "\n")
+        meta["sha256"] = folder_checksums(tmp, [EMBEDDINGS_FILE, ITEMS_FILE])
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return Path(directory)
 
@@ -180,9 +183,28 @@ def load_index(directory: str | Path, backend: Backend = "auto") -> SearchIndex:
     if not folder.is_dir():
         raise ContralignError(f"{folder}: index folder not found")
     meta = _read_meta(folder / META_FILE)
+    _verify_files(folder, meta)
     vectors = _read_embeddings(folder / EMBEDDINGS_FILE, meta)
     ids, texts = _read_items(folder / ITEMS_FILE, int(meta["count"]))
     return SearchIndex(folder, vectors, ids, texts, meta, backend=backend)
+
+
+def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
+    """Compare the files with the checksums in ``index.json`` (format 2 and later).
+
+    Raises:
+        ContralignError: a file is missing or changed since the index was written.
+    """
+    checksums = meta.get("sha256")
+    if checksums is None and meta.get("format") == 1:
+        return  # written before indexes carried checksums
+    if not isinstance(checksums, dict) or set(checksums) != {EMBEDDINGS_FILE, ITEMS_FILE}:
+        raise ContralignError(f"{folder / META_FILE}: sha256: missing or incomplete")
+    damaged = damaged_files(folder, checksums)
+    if damaged:
+        raise ContralignError(f"{folder / damaged[0]}: damaged: its checksum differs from "
+                              f"{META_FILE}'s (the file changed after the index was written); "
+                              "build the index again")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 ``checkpoints/step-N/`` holds the task weights, the optimiser and scheduler states, the RNG
-states and the data position. It is written to a temporary folder and renamed, so a kill
-never leaves a broken checkpoint.
+states (CPU, and CUDA or MPS where they are in use) and the data position. It is written to a
+temporary folder and renamed, so a kill never leaves a broken checkpoint; ``state.json``, written
+last, records the SHA-256 of every other file, so a checkpoint damaged later (a disk error, a
+truncated copy) is recognised when it is loaded, and ``load_latest`` falls back to the one before.
 """
 
 from __future__ import annotations
@@ -11,19 +13,28 @@ import json
 import random
 import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from contralign.core.errors import ContralignError
-from contralign.core.io import atomic_directory
+from contralign.core.io import atomic_directory, damaged_files, folder_checksums
+from contralign.core.outputs import CHECKPOINT
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STALE = re.compile(r"^\.step-\d+\..*\.(tmp|old)$")
+_TENSOR_FILES = ("task.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+class DamagedCheckpointError(ContralignError):
+    """A checkpoint whose files are missing, unreadable or differ from their checksums."""
 
 
 @dataclass
@@ -39,19 +50,20 @@ def save_checkpoint(
     folder: Path, task: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
 ) -> None:
-    """Write ``folder`` atomically (temporary name, then rename)."""
-    with atomic_directory(folder) as tmp:
+    """Write ``folder`` atomically (temporary name, then rename), checksums in ``state.json``."""
+    with atomic_directory(folder, CHECKPOINT) as tmp:
         weights = {k: v.detach().contiguous() for k, v in task.state_dict().items()}
         save_file(_unshare(weights), str(tmp / "task.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        save_file(_rng_states(), str(tmp / "rng.safetensors"))
         meta = {
             "state": asdict(state),
             "optimizer": opt_meta,
             "scheduler": scheduler.state_dict(),
             "python_random": _to_json(random.getstate()),
             "numpy_random": _numpy_state(),
+            "sha256": folder_checksums(tmp, list(_TENSOR_FILES)),
         }
         (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
 
@@ -63,21 +75,75 @@ def load_checkpoint(
     """Restore everything ``save_checkpoint`` wrote; returns the training position.
 
     Raises:
-        ContralignError: a missing or unreadable checkpoint file.
+        DamagedCheckpointError: a missing, unreadable or changed checkpoint file (checked
+            against the checksums before anything is restored).
     """
+    meta = _verified_meta(folder)
     try:
-        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        task.load_state_dict(load_file(str(folder / "task.safetensors")))
+        weights = load_file(str(folder / "task.safetensors"))
         opt_tensors = load_file(str(folder / "optimizer.safetensors"))
         rng = load_file(str(folder / "rng.safetensors"))
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ContralignError(f"{folder}: unreadable checkpoint ({err})") from None
+    except (OSError, SafetensorError) as err:
+        raise DamagedCheckpointError(f"{folder}: unreadable checkpoint ({err})") from None
+    task.load_state_dict(weights)
     optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(rng["torch"])
+    _restore_rng(rng)
     random.setstate(_from_json(meta["python_random"]))
     np.random.set_state(_numpy_state_from(meta["numpy_random"]))
     return TrainState(**meta["state"])
+
+
+def load_latest(
+    checkpoints_dir: Path, task: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> TrainState | None:
+    """Restore the newest checkpoint that is intact; a damaged one is skipped with a warning.
+
+    Returns:
+        The training position, or None when there is no checkpoint at all.
+
+    Raises:
+        DamagedCheckpointError: every checkpoint is damaged (names the newest's bad file).
+    """
+    found = list_checkpoints(checkpoints_dir)
+    first_error: DamagedCheckpointError | None = None
+    for _, folder in reversed(found):
+        try:
+            return load_checkpoint(folder, task, optimizer, scheduler)
+        except DamagedCheckpointError as err:
+            first_error = first_error or err
+            warnings.warn(f"{err}; resuming from the checkpoint before it", stacklevel=2)
+    if first_error is not None:
+        raise DamagedCheckpointError(f"{first_error}; no intact checkpoint is left to resume "
+                                     "from (start again with --overwrite)")
+    return None
+
+
+def remove_stale_tmp(checkpoints_dir: Path) -> None:
+    """Remove the temporary folders a kill left in ``checkpoints_dir`` (``.step-N.*.tmp`` and
+    ``.step-N.*.old``: names only ``save_checkpoint`` makes, in a folder that is ours)."""
+    if not checkpoints_dir.is_dir():
+        return
+    for child in checkpoints_dir.iterdir():
+        if _STALE.match(child.name) and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _verified_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"{folder / 'state.json'}: unreadable ({err})") from None
+    checksums = meta.get("sha256") if isinstance(meta, dict) else None
+    if not isinstance(checksums, dict) or set(checksums) != set(_TENSOR_FILES):
+        raise DamagedCheckpointError(f"{folder / 'state.json'}: no checksums of "
+                                     f"{', '.join(_TENSOR_FILES)}")
+    damaged = damaged_files(folder, checksums)
+    if damaged:
+        raise DamagedCheckpointError(f"{folder / damaged[0]}: checksum mismatch (the file "
+                                     "changed or was cut short after it was written)")
+    return meta
 
 
 def list_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
@@ -147,3 +213,25 @@ def _numpy_state() -> dict[str, Any]:
 def _numpy_state_from(data: dict[str, Any]) -> tuple:
     keys = np.array(data["keys"], dtype=np.uint32)
     return (data["name"], keys, data["pos"], data["has_gauss"], data["cached"])
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """Every random state a step may draw from: the CPU's, and each CUDA device's or the MPS
+    device's when it is in use (a resumed run on a GPU then draws the same dropout masks)."""
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda.{index}"] = state
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def _restore_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch"])
+    cuda = sorted((int(name.split(".")[1]), state) for name, state in states.items()
+                  if name.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state for _, state in cuda][:torch.cuda.device_count()])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])

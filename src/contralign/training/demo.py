@@ -7,6 +7,7 @@ papers, CC0), evaluates before and after on the held-out part, and searches the 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contralign.core.io import atomic_write_text
+from contralign.core.outputs import RUN, check_output_folder
 from contralign.data import DataConfig, load_records
 from contralign.encoders.resolve import DEFAULT_MODEL
 from contralign.encoders.text import TextEncoder
@@ -75,27 +77,33 @@ def demo_config(run_dir: Path, train: Path, test: Path) -> TrainConfig:
 
 
 def run_demo(output_dir: str | Path = "runs/demo", progress: bool = True) -> DemoResult:
-    """Train, evaluate before/after and search; the run directory is replaced if it exists."""
+    """Train, evaluate before/after and search. A demo run already at ``output_dir`` is
+    replaced once the new one finishes; any other folder there is refused.
+
+    Raises:
+        OutputError: ``output_dir`` holds something that is not a contralign run.
+    """
     run_dir = Path(output_dir)
-    staging = run_dir.with_name(run_dir.name + ".data")
-    train, test = split_corpus(staging)
-    config = demo_config(run_dir, train, test)
-    encoder = TextEncoder.from_pretrained(DEFAULT_MODEL, max_length=128)
-    test_records = load_records(config.eval.retrieval).records  # type: ignore[arg-type]
-    evaluators: list[Evaluator] = [retrieval_from_records(test_records),
-                                   geometry_from_records(test_records)]
-    before = evaluate_all(encoder, evaluators)
-    run = fit(config, overwrite=True, progress=progress, encoder=encoder)
-    _move_split(staging, run_dir, config)
+    check_output_folder(run_dir, RUN, "--output-dir", inputs=[], replace=True)
+    with tempfile.TemporaryDirectory(prefix="contralign-demo-") as staging:
+        train, test = split_corpus(Path(staging))
+        config = demo_config(run_dir, train, test)
+        encoder = TextEncoder.from_pretrained(DEFAULT_MODEL, max_length=128)
+        test_records = load_records(config.eval.retrieval).records  # type: ignore[arg-type]
+        evaluators: list[Evaluator] = [retrieval_from_records(test_records),
+                                       geometry_from_records(test_records)]
+        before = evaluate_all(encoder, evaluators)
+        run = fit(config, overwrite=True, progress=progress, encoder=encoder)
+        _keep_split(Path(staging), run_dir, config)
     hits = search_corpus(encoder, DEMO_QUERY, k=3)
     return DemoResult(before, run.metrics, run, DEMO_QUERY, hits)
 
 
-def _move_split(staging: Path, run_dir: Path, config: TrainConfig) -> None:
+def _keep_split(staging: Path, run_dir: Path, config: TrainConfig) -> None:
     """Keep the split inside the run directory, and point its config.yaml at it."""
     target = run_dir / "data"
-    staging.joinpath("data").rename(target)
-    staging.rmdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        atomic_write_text(target / name, (staging / "data" / name).read_text(encoding="utf-8"))
     resolved = config.model_copy(deep=True)
     resolved.data = DataConfig(path=str(target / "train.jsonl"), columns=config.data.columns)
     assert config.eval.retrieval is not None

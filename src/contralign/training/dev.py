@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from contralign.data import load_records
 from contralign.evaluation import (
     evaluate_all,
     geometry_from_records,
+    read_pairs,
     retrieval_from_records,
     sts_from_records,
 )
@@ -22,13 +23,14 @@ class DevSets:
     evaluators: list[Any] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, config: EvalConfig) -> DevSets:
+    def from_config(cls, config: EvalConfig, rejects_dir: Path | None = None) -> DevSets:
+        """Read the dev sets; skipped records go to ``rejects_dir`` (the run directory)."""
         evaluators: list[Any] = []
         if config.sts is not None:
-            evaluators.append(sts_from_records(load_records(config.sts).records,
-                                              batch_size=config.batch_size))
+            records = read_pairs(config.sts, scored=True, rejects_dir=rejects_dir)
+            evaluators.append(sts_from_records(records, batch_size=config.batch_size))
         if config.retrieval is not None:
-            records = load_records(config.retrieval).records
+            records = read_pairs(config.retrieval, rejects_dir=rejects_dir)
             evaluators += [retrieval_from_records(records, batch_size=config.batch_size),
                            geometry_from_records(records, batch_size=config.batch_size)]
         return cls(evaluators)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,24 +16,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
 
 from contralign.core.config import describe_validation_error, load_config
 from contralign.core.dist import barrier, is_main_process, world_size
-from contralign.core.errors import ConfigError, ContralignError
-from contralign.core.io import atomic_write_text
+from contralign.core.errors import ConfigError
 from contralign.data import PairBatcher, Record, RecordSet, collate, load_records
-from contralign.encoders.loading import load_tower
-from contralign.encoders.static import StaticEncoder
+from contralign.encoders.loading import Tower, load_tower
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
 from contralign.training.cached import ChunkSize, accumulate_gradients
 from contralign.training.checkpoint import (
     TrainState,
     list_checkpoints,
-    load_checkpoint,
+    load_latest,
     prune_checkpoints,
+    remove_stale_tmp,
     save_checkpoint,
 )
 from contralign.training.config import TrainConfig
@@ -49,10 +45,18 @@ from contralign.training.distributed import (
     sync_random_state,
 )
 from contralign.training.optim import build_optimizer, build_scheduler
+from contralign.training.rundir import (
+    METRICS_FILE,
+    RunDir,
+    check_not_finished,
+    check_same_data,
+    log_metrics,
+    open_run,
+    records_sha256,
+    truncate_metrics,
+)
 from contralign.training.task import ContrastiveTask
 from contralign.training.views import View, build_views, view_batch
-
-Tower = TextEncoder | StaticEncoder
 
 
 @dataclass
@@ -77,10 +81,7 @@ def build_encoder(config: TrainConfig) -> Tower:
     """
     overrides = {k: v for k, v in config.model.model_dump(exclude={"name", "tower"}).items()
                  if v is not None}
-    try:
-        return load_tower(config.model.name, config.model.tower, **overrides)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"model: {err}") from None
+    return load_tower(config.model.name, config.model.tower, **overrides)
 
 
 def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
@@ -92,6 +93,29 @@ def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
     return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
                            views_only="views" in info.requires, precision=config.train.precision,
                            mask_duplicates=config.objective.mask_duplicates)
+
+
+# What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.
+_SOURCES = {"labels": ("label", "data.columns: {label: <column>}"),
+            "scores": ("score", "data.columns: {score: <column>}")}
+
+
+def check_roles(config: TrainConfig, roles: Sequence[str]) -> None:
+    """The data and views give the objective what it reads.
+
+    Raises:
+        ConfigError: a role the objective needs is not mapped, or it needs views and the config
+            has none.
+    """
+    name = config.objective.name
+    for needed in OBJECTIVES[name].requires:
+        if needed == "views" and not config.views:
+            raise ConfigError(f"views: objective {name} contrasts each anchor with its views; "
+                              "list at least one (e.g. views: [{name: identity}])")
+        if needed in _SOURCES and _SOURCES[needed][0] not in roles:
+            role, how = _SOURCES[needed]
+            raise ConfigError(f"data.columns: objective {name} needs the {role} role, which "
+                              f"{config.data.path} does not map; set {how}")
 
 
 # Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of
@@ -120,8 +144,13 @@ def seed_everything(seed: int) -> None:
 def fit(
     config: TrainConfig | dict[str, Any] | str | Path, *, resume: bool = False,
     overwrite: bool = False, progress: bool = True, encoder: Tower | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> RunResult:
     """Train a text tower on ``config.data`` and save the run directory.
+
+    Nothing is written until config, data, dev sets and model are validated; a new run is
+    prepared beside ``output_dir`` and appears there only once it has started, and an
+    ``overwrite`` run replaces the old run only when it finishes (``training.rundir``).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls ``fit``: it joins the process
     group (gloo on CPUs, NCCL on GPUs) and leaves it at the end; each process embeds its share
@@ -129,14 +158,18 @@ def fit(
 
     Args:
         config: the run: a ``TrainConfig``, a dict of the same keys, or a YAML file.
-        resume: continue from the latest checkpoint in ``config.output_dir``.
-        overwrite: replace an existing run directory instead of refusing.
+        resume: continue from the latest intact checkpoint in ``config.output_dir``.
+        overwrite: replace an existing run directory (of ours) instead of refusing.
         progress: show a progress bar.
         encoder: an already-loaded starting encoder (skips loading ``config.model.name``).
+        inputs: other files the caller read (its config file): never written over.
 
     Raises:
-        ContralignError: bad data, a missing model, or a run directory that already exists.
+        ContralignError: bad data, a missing model, an output directory that is not ours to
+            write, nothing to resume, or a resume with a changed config.
     """
+    if isinstance(config, str | Path):
+        inputs = [*inputs, config]
     config = _as_config(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -144,61 +177,74 @@ def fit(
     _check_precision(config, device)
     created = init_process_group(device)
     try:
-        return _fit(config, device, resume=resume, overwrite=overwrite, progress=progress,
-                    encoder=encoder)
+        run = open_run(config, resume=resume, overwrite=overwrite, writer=is_main_process(),
+                       inputs=inputs)
+        with run.guard():
+            return _fit(config, device, run, progress=progress, encoder=encoder)
     finally:
         if created:
             destroy_process_group()
 
 
-def _fit(
-    config: TrainConfig, device: torch.device, *, resume: bool, overwrite: bool, progress: bool,
-    encoder: Tower | None,
-) -> RunResult:
-    main = is_main_process()
-    run_dir = Path(config.output_dir)
-    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # every rank: the same verdict
-    barrier()  # ... reached before rank 0 changes the directory
-    if main:
-        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        atomic_write_text(run_dir / "config.yaml",
-                          yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    barrier()  # the others read the run directory once rank 0 has prepared it
+def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bool,
+         encoder: Tower | None) -> RunResult:
+    main = run.writer
     seed_everything(config.train.seed)
     # Every rank reads the records; only rank 0 writes the rejects file.
     data = config.data if main else config.data.model_copy(update={"rejects": os.devnull})
-    records = load_records(data, rejects_dir=run_dir)
-    dev = DevSets.from_config(config.eval) if main else DevSets()
+    records = load_records(data, rejects_dir=run.path)
+    dev = DevSets.from_config(config.eval, rejects_dir=run.path) if main else DevSets()
     encoder = encoder if encoder is not None else build_encoder(config)
     task = build_task(config, encoder).to(device)
+    check_roles(config, records.roles)
     steps = total_steps(config, len(records.records))
     optimizer = build_optimizer(task, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, steps)
     # Seed again once the model is built, as transformers' Trainer does when training starts: a
     # model that draws while loading (a fresh head) must not shift the dropout draws.
     seed_everything(config.train.seed)
-    state = TrainState()
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
-    if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1][1], task, optimizer, scheduler)
+    state = _restore(run, config, records.records, task, optimizer, scheduler, steps)
+    barrier()  # every rank validated and restored before rank 0 puts the run in place
+    run.start(config, records.records)
     broadcast_state(task)  # identical starting weights (a fresh head is drawn on every rank)
-    if main:
-        _truncate_metrics(run_dir / "metrics.jsonl", state.step)
     started = time.perf_counter()
-    pairs = _train(task, records, config, optimizer, scheduler, state, steps, run_dir,
+    pairs = _train(task, records, config, optimizer, scheduler, state, steps, run.path,
                    dev, progress and main)
     seconds = time.perf_counter() - started
     barrier()
     metrics = dev.evaluate(encoder)
-    model_dir = run_dir / "model"
     if main:
         if metrics:
-            _log(run_dir, {"step": state.step, "eval": metrics})
-        encoder.save(model_dir, extra={"training": _training_fingerprint(config, records, state)})
+            log_metrics(run.path, {"step": state.step, "eval": metrics})
+        encoder.save(run.path / "model",
+                     extra={"training": _training_fingerprint(config, records, state)})
+    run.finish(state.step)
     barrier()  # when fit returns on any rank, the model folder is complete
-    return RunResult(run_dir, model_dir, state.step, metrics, records.skipped,
-                     records.rejects_path if main else None, seconds,
+    return RunResult(run.path, run.path / "model", state.step, metrics, records.skipped,
+                     run.relocate(records.rejects_path) if main else None, seconds,
                      pairs / seconds if seconds else 0.0)
+
+
+def _restore(
+    run: RunDir, config: TrainConfig, records: Sequence[Record], task: ContrastiveTask,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int,
+) -> TrainState:
+    """A new run's starting state, or a resumed run's newest intact checkpoint (after checking
+    that it reads the same data and is not finished)."""
+    if run.mode != "resume":
+        return TrainState()
+    checkpoints = run.path / "checkpoints"
+    if run.writer:
+        remove_stale_tmp(checkpoints)
+    check_same_data(run, records, config.data.path)
+    check_not_finished(run, steps, bool(list_checkpoints(checkpoints)))
+    state = load_latest(checkpoints, task, optimizer, scheduler) or TrainState()
+    if steps < state.step:
+        raise ConfigError(f"train.max_steps: the run would end at step {steps}, before its "
+                          f"checkpoint at step {state.step}")
+    if run.writer:
+        truncate_metrics(run.path / METRICS_FILE, state.step)
+    return state
 
 
 def _check_precision(config: TrainConfig, device: torch.device) -> None:
@@ -351,11 +397,11 @@ def _after_step(
     if not is_main_process():  # only rank 0 logs, evaluates and writes checkpoints
         return
     if state.step % loop.log_every == 0:
-        _log(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
+        log_metrics(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
                        "lr": scheduler.get_last_lr()[0]})
     if config.eval.every_steps and state.step % config.eval.every_steps == 0 and dev:
         metrics = dev.evaluate(task.encoder)
-        _log(run_dir, {"step": state.step, "eval": metrics})
+        log_metrics(run_dir, {"step": state.step, "eval": metrics})
         task.train()
     if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
         folder = run_dir / "checkpoints" / f"step-{state.step}"
@@ -382,45 +428,10 @@ def _steps_per_epoch(n_records: int, config: TrainConfig) -> int:
     return steps
 
 
-def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a run directory that holds a run we may not replace or resume."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume and not overwrite:
-        raise ContralignError(f"output_dir: {run_dir} already holds a run; pass --resume to "
-                              "continue it, or choose another output_dir")
-    if resume and not list_checkpoints(run_dir / "checkpoints"):
-        if run_dir.exists() and (run_dir / "model").exists():
-            raise ContralignError(f"--resume: {run_dir} finished already (no checkpoint to resume)")
-
-
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path:
-    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        shutil.rmtree(run_dir)  # overwrite
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def _log(run_dir: Path, entry: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we continue from."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _training_fingerprint(config: TrainConfig, records: RecordSet, state: TrainState) -> dict:
-    data_hash = hashlib.sha256()
-    for record in records.records:
-        data_hash.update(repr(dataclasses.astuple(record)).encode())
     return {"config_sha256": hashlib.sha256(
                 json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
-            "data_sha256": data_hash.hexdigest(), "records": len(records.records),
+            "data_sha256": records_sha256(records.records), "records": len(records.records),
             "steps": state.step, "base_model": config.model.name}
 
 
