@@ -17,10 +17,11 @@ def objectives_command(
     """List every registered objective with its parameters (and defaults) and its paper."""
     from contralign.objectives import OBJECTIVES
 
+    # defaults() reads the constructors' source: listing imports no objective (and no torch).
     catalogue: dict[str, dict[str, Any]] = {
         name: {"summary": info.summary, "paper": info.paper, "requires": list(info.requires),
                "parameters": {key: _jsonable(default)
-                              for key, (_, default) in info.parameters().items()}}
+                              for key, default in info.defaults().items()}}
         for name, info in sorted(OBJECTIVES.items())
     }
     if as_json:

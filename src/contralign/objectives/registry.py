@@ -1,112 +1,146 @@
-"""The explicit registry of objectives, chosen by name in configs."""
+"""The explicit registry of objectives, chosen by name in configs.
+
+An entry names its module class by dotted path and imports it (and so torch) only when the
+objective is built or its parameters are validated. Listing the registry (``contralign
+objectives``) reads each constructor's parameters and defaults from its module's source instead
+(``ObjectiveInfo.defaults``): the constructor stays the one place they are written, and a test
+checks that the source reading equals ``inspect.signature`` of every registered class.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
+import importlib.util
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from contralign.objectives.clip import CLIPLoss
-from contralign.objectives.contrastive import InfoNCELoss
-from contralign.objectives.cwcl import CWCLLoss
-from contralign.objectives.debiased import DebiasedContrastiveLoss, HardNegativeContrastiveLoss
-from contralign.objectives.decoupled import DecoupledContrastiveLoss
-from contralign.objectives.geometry import AlignUniformLoss
-from contralign.objectives.momentum import MoCoLoss
-from contralign.objectives.multiview import NTXentLoss
-from contralign.objectives.one_to_k import OneToKContrastiveLoss
-from contralign.objectives.prototypes import SwAVLoss
-from contralign.objectives.regression import ConRLoss
-from contralign.objectives.sigmoid import SigLIPLoss
-from contralign.objectives.supervised import SupConLoss
-from contralign.objectives.whitening import WhitenedCSELoss
+# Constructor arguments that are not config parameters: ``dim`` comes from the tower.
+_NOT_PARAMETERS = ("self", "dim")
 
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
-    """A registered objective: its module, what it needs from the batch, and its paper."""
+    """A registered objective: its module, what it needs from the batch, and its paper.
 
-    module: type[nn.Module]
-    requires: tuple[str, ...]  # fields of ``Embedded`` that must be present
+    Attributes:
+        class_path: the ``nn.Module`` class, ``contralign.objectives.<family>.<Class>``.
+        requires: fields of ``Embedded`` that must be present.
+        paper: the arXiv ids it follows.
+        summary: one line on what it does.
+        momentum_keys: keys come from a momentum copy of the tower (MoCo).
+        optional_momentum_keys: ``momentum: m`` may take the keys from a momentum copy (1.0: a
+            frozen copy, as in LiT).
+    """
+
+    class_path: str
+    requires: tuple[str, ...]
     paper: str
     summary: str
-    momentum_keys: bool = False  # keys come from a momentum copy of the tower (MoCo)
-    # ``momentum: m`` may take the keys from a momentum copy (1.0: a frozen copy, as in LiT)
+    momentum_keys: bool = False
     optional_momentum_keys: bool = False
 
+    @property
+    def module(self) -> type[nn.Module]:
+        """The module class, imported on first use."""
+        module_name, _, class_name = self.class_path.rpartition(".")
+        cls: type[nn.Module] = getattr(importlib.import_module(module_name), class_name)
+        return cls
+
     def parameters(self) -> dict[str, tuple[Any, Any]]:
-        """``{name: (annotation, default)}`` of the module's constructor."""
-        hints = typing.get_type_hints(self.module.__init__)
-        signature = inspect.signature(self.module.__init__)
+        """``{name: (annotation, default)}`` of the module's constructor; annotations keep their
+        constraints (``Annotated[float, Gt(0)]``), which configs validate. Imports the module."""
+        init = self.module.__init__
+        hints = typing.get_type_hints(init, include_extras=True)
+        signature = inspect.signature(init)
         return {name: (hints.get(name, Any), param.default)
-                for name, param in signature.parameters.items()
-                if name not in ("self", "dim")}  # dim comes from the tower
+                for name, param in signature.parameters.items() if name not in _NOT_PARAMETERS}
+
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}`` of the module's constructor (``inspect.Parameter.empty`` when it
+        has none), read from the source without importing it (or torch)."""
+        module_name, _, class_name = self.class_path.rpartition(".")
+        return _constructor_defaults(module_name, class_name)
 
 
 OBJECTIVES: dict[str, ObjectiveInfo] = {
     "info_nce": ObjectiveInfo(
-        InfoNCELoss, ("key",), "arXiv:1807.03748 (InfoNCE); arXiv:2104.08821 (SimCSE)",
+        "contralign.objectives.contrastive.InfoNCELoss", ("key",),
+        "arXiv:1807.03748 (InfoNCE); arXiv:2104.08821 (SimCSE)",
         "In-batch-negative InfoNCE with hard negatives, duplicate masking, optional symmetry.",
     ),
     "nt_xent": ObjectiveInfo(
-        NTXentLoss, (), "arXiv:2002.05709 (SimCLR); arXiv:1906.05849 (CMC); arXiv:2403.05490",
+        "contralign.objectives.multiview.NTXentLoss", (),
+        "arXiv:2002.05709 (SimCLR); arXiv:1906.05849 (CMC); arXiv:2403.05490",
         "NT-Xent over V >= 2 views: pairwise (CMC), multi-positive, or poly-view aggregation.",
     ),
     "clip": ObjectiveInfo(
-        CLIPLoss, ("key",), "arXiv:2103.00020 (CLIP); arXiv:2102.05918 (ALIGN)",
+        "contralign.objectives.clip.CLIPLoss", ("key",),
+        "arXiv:2103.00020 (CLIP); arXiv:2102.05918 (ALIGN)",
         "Symmetric softmax loss with a learned temperature clamped at 0.01, label smoothing.",
     ),
     "siglip": ObjectiveInfo(
-        SigLIPLoss, ("key",), "arXiv:2303.15343 (SigLIP)",
+        "contralign.objectives.sigmoid.SigLIPLoss", ("key",), "arXiv:2303.15343 (SigLIP)",
         "Pairwise sigmoid loss with learned temperature and bias.",
     ),
     "supcon": ObjectiveInfo(
-        SupConLoss, ("labels",), "arXiv:2004.11362 (SupCon)",
+        "contralign.objectives.supervised.SupConLoss", ("labels",), "arXiv:2004.11362 (SupCon)",
         "Supervised contrastive: every item with the same label is a positive.",
     ),
     "debiased": ObjectiveInfo(
-        DebiasedContrastiveLoss, ("key",), "arXiv:2007.00224 (debiased contrastive)",
+        "contralign.objectives.debiased.DebiasedContrastiveLoss", ("key",),
+        "arXiv:2007.00224 (debiased contrastive)",
         "NT-Xent with the negative term debiased by a positive-class prior tau_plus.",
     ),
     "hard_negative": ObjectiveInfo(
-        HardNegativeContrastiveLoss, ("key",), "arXiv:2010.04592 (hard negative sampling)",
+        "contralign.objectives.debiased.HardNegativeContrastiveLoss", ("key",),
+        "arXiv:2010.04592 (hard negative sampling)",
         "Debiased contrastive with negatives reweighted by their hardness (concentration beta).",
     ),
     "decoupled": ObjectiveInfo(
-        DecoupledContrastiveLoss, ("key",), "arXiv:2110.06848 (DCL/DCLW)",
+        "contralign.objectives.decoupled.DecoupledContrastiveLoss", ("key",),
+        "arXiv:2110.06848 (DCL/DCLW)",
         "Positive removed from the denominator; optional von Mises-Fisher weighting (DCLW).",
     ),
     "align_uniform": ObjectiveInfo(
-        AlignUniformLoss, ("key",), "arXiv:2005.10242 (alignment and uniformity)",
+        "contralign.objectives.geometry.AlignUniformLoss", ("key",),
+        "arXiv:2005.10242 (alignment and uniformity)",
         "Weighted alignment + uniformity losses on the hypersphere.",
     ),
     "cwcl": ObjectiveInfo(
-        CWCLLoss, ("key",), "arXiv:2309.14580 (CWCL)",
+        "contralign.objectives.cwcl.CWCLLoss", ("key",), "arXiv:2309.14580 (CWCL)",
         "Cross-modal softmax against soft targets from one side's own similarities.",
         optional_momentum_keys=True,
     ),
     "one_to_k": ObjectiveInfo(
-        OneToKContrastiveLoss, ("views",), "arXiv:2406.18254 (1-to-K contrastive, KDD 2024)",
+        "contralign.objectives.one_to_k.OneToKContrastiveLoss", ("views",),
+        "arXiv:2406.18254 (1-to-K contrastive, KDD 2024)",
         "One anchor against its K aligned views at once, in both directions.",
     ),
     "moco": ObjectiveInfo(
-        MoCoLoss, ("key",), "arXiv:1911.05722 (MoCo); arXiv:2003.04297 (MoCo v2)",
+        "contralign.objectives.momentum.MoCoLoss", ("key",),
+        "arXiv:1911.05722 (MoCo); arXiv:2003.04297 (MoCo v2)",
         "InfoNCE against a FIFO queue of keys from a momentum copy of the tower.",
         momentum_keys=True,
     ),
     "swav": ObjectiveInfo(
-        SwAVLoss, ("key",), "arXiv:2006.09882 (SwAV)",
+        "contralign.objectives.prototypes.SwAVLoss", ("key",), "arXiv:2006.09882 (SwAV)",
         "Swapped prediction of Sinkhorn-Knopp codes over learnable prototypes.",
     ),
     "whitened_cse": ObjectiveInfo(
-        WhitenedCSELoss, ("key",), "arXiv:2305.17746 (WhitenedCSE, ACL 2023)",
+        "contralign.objectives.whitening.WhitenedCSELoss", ("key",),
+        "arXiv:2305.17746 (WhitenedCSE, ACL 2023)",
         "Contrastive loss on shuffled-group-whitened embeddings, several whitened positives.",
     ),
     "conr": ObjectiveInfo(
-        ConRLoss, ("scores",), "arXiv:2309.06651 (ConR, ICLR 2024)",
+        "contralign.objectives.regression.ConRLoss", ("scores",),
+        "arXiv:2309.06651 (ConR, ICLR 2024)",
         "Contrastive regulariser for imbalanced regression on the score role.",
     ),
 }
@@ -115,8 +149,13 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
 def build_objective(name: str, params: dict[str, Any], dim: int | None = None) -> nn.Module:
     """Build a registered objective; ``dim`` (the tower's width) is passed to those that need it.
 
+    ``params`` go to the constructor as they are: a config checks them first
+    (``ObjectiveConfig``), so here a bad one is a programming error and raises what the
+    constructor raises.
+
     Raises:
-        ValueError: an unknown name or parameter.
+        ValueError: an unknown name, or a parameter value the constructor rejects.
+        TypeError: a parameter the constructor does not take.
     """
     if name not in OBJECTIVES:
         known = ", ".join(sorted(OBJECTIVES))
@@ -124,7 +163,51 @@ def build_objective(name: str, params: dict[str, Any], dim: int | None = None) -
     module = OBJECTIVES[name].module
     if dim is not None and "dim" in inspect.signature(module.__init__).parameters:
         params = {"dim": dim, **params}
+    return module(**params)
+
+
+# --- reading defaults from the source ---------------------------------------------------------
+
+
+@functools.cache
+def _module_tree(module_name: str) -> ast.Module:
+    spec = importlib.util.find_spec(module_name)  # imports the parent package, not the module
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no source for {module_name}")
+    with open(spec.origin, encoding="utf-8") as source:
+        return ast.parse(source.read(), filename=spec.origin)
+
+
+def _constructor_defaults(module_name: str, class_name: str) -> dict[str, Any]:
+    tree = _module_tree(module_name)
+    init = next(node for cls in tree.body if isinstance(cls, ast.ClassDef)
+                and cls.name == class_name for node in cls.body
+                if isinstance(node, ast.FunctionDef) and node.name == "__init__")
+    arguments = init.args
+    positional = [*arguments.posonlyargs, *arguments.args]
+    missing: list[ast.expr | None] = [None] * (len(positional) - len(arguments.defaults))
+    pairs = [*zip(positional, [*missing, *arguments.defaults], strict=True),
+             *zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)]
+    return {arg.arg: inspect.Parameter.empty if node is None else _value(node, module_name)
+            for arg, node in pairs if arg.arg not in _NOT_PARAMETERS}
+
+
+def _value(node: ast.expr, module_name: str) -> Any:
+    """A literal, or a module-level constant of ``module_name`` (followed through
+    ``from contralign... import NAME``)."""
     try:
-        return module(**params)
-    except TypeError as err:
-        raise ValueError(f"objective.{name}: {err}") from None
+        return ast.literal_eval(node)
+    except ValueError:
+        if not isinstance(node, ast.Name):
+            raise
+    for statement in _module_tree(module_name).body:
+        match statement:
+            case ast.Assign(targets=[ast.Name(id=node.id)], value=value) | ast.AnnAssign(
+                    target=ast.Name(id=node.id), value=ast.expr() as value):
+                return _value(value, module_name)
+            case ast.ImportFrom(module=str(source), level=0, names=names) if any(
+                    (alias.asname or alias.name) == node.id for alias in names):
+                original = next(alias.name for alias in names
+                                if (alias.asname or alias.name) == node.id)
+                return _value(ast.Name(id=original), source)
+    raise ValueError(f"{module_name}: cannot read the constant {node.id} from the source")
