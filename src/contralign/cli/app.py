@@ -7,6 +7,7 @@ import typer
 from contralign.cli import catalog, check, common, demo, encode, evaluate, search, train
 
 app = typer.Typer(
+    cls=common.OneLineUsageErrors,
     name="contralign",
     help="Contrastive representation alignment: train, evaluate, encode and search.",
     no_args_is_help=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,6 +32,48 @@ def user_errors() -> Iterator[None]:
         if VERBOSE["on"]:
             traceback.print_exc()
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The command group, with click's usage errors (unknown option, missing argument, bad
+    option value) as one line and exit code 2, like every other user mistake, instead of
+    click's usage text and rich's error box."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
+                     **extra: Any) -> Any:
+        with _one_line_usage_errors(lambda: info_name or "contralign"):  # contralign --bogus
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        # The subcommand's name, arguments and options: contralign train --bogus
+        with _one_line_usage_errors(lambda: " ".join(
+                filter(None, (ctx.command_path, ctx.invoked_subcommand)))):
+            return super().invoke(ctx)
+
+
+def _usage_error_type() -> type[Exception]:
+    """Click's ``UsageError`` as typer raises it: recent typer vendors click (``typer._click``),
+    older typer uses click itself; ``typer.BadParameter`` derives from it either way."""
+    return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
+@contextmanager
+def _one_line_usage_errors(command: Callable[[], str]) -> Iterator[None]:
+    """``command()``: the command to name when the error carries no context (a few do not)."""
+    try:
+        yield
+    except _usage_error_type() as error:
+        err: Any = error  # a click UsageError: ctx, format_message()
+        if type(err).__name__ == "NoArgsIsHelpError":  # `contralign` alone: the help, as is
+            raise
+        if VERBOSE["on"]:
+            traceback.print_exc()
+        ctx = getattr(err, "ctx", None)
+        path = ctx.command_path if ctx is not None else command()
+        message = " ".join(err.format_message().split()).rstrip(".")
+        err_console.print(f"error: {path}: {message} (see {path} --help)", markup=False,
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -65,11 +109,14 @@ def parse_columns(spec: str | None) -> dict[str, str]:
 
 
 def quiet_libraries() -> None:
-    """Keep transformers' own progress bars and warnings out of our output."""
-    import os
-
+    """Keep transformers' own progress bars and warnings out of our output without importing
+    it (listing commands never load it): set the environment variables it reads on import
+    (a user's own values win), or flip its switches when it is already imported."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
