@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,6 +12,38 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from contralign.core.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound="StrictConfig")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but numbers written like ``5e-2``, ``1e5``, ``-3E-4`` or ``.5e1``
+    are floats, as YAML 1.2 and every user read them; YAML 1.1 wants a dot and a signed exponent
+    (``5.0e-2``) and makes the rest strings. Everything else is read as ``yaml.safe_load`` does.
+    """
+
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.1's float forms (with ``_`` separators, sexagesimal, .inf, .nan) with the exponent's
+# sign and the mantissa's dot optional, and a sign allowed before a leading dot.
+_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with ``ConfigLoader``.
+
+    Raises:
+        yaml.YAMLError: text that is not YAML.
+    """
+    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: builds plain data only
 
 
 class StrictConfig(BaseModel):
@@ -55,14 +88,45 @@ def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    """Parse ``key=value`` strings; values are YAML scalars (``1e-4``, ``true``, ``[a]``)."""
+    """Parse ``key=value`` strings; values are YAML (``1e-4``, ``true``, ``[a, b]``).
+
+    Raises:
+        ConfigError: an item without ``=`` or a key, or a value that is not YAML.
+    """
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item}: expected key=value")
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+        try:
+            value = parse_yaml(raw) if raw else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML (quote it to give "
+                              "a string)") from None
+        parsed.append((key.strip(), value))
     return parsed
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file, UTF-8.
+
+    Raises:
+        ConfigError: the file is missing, a folder, unreadable or not UTF-8 text; names it.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x} "
+                          f"at offset {err.start})") from None
+    except OSError as err:  # any other reason the system gives for not reading it
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def load_config(
@@ -71,15 +135,15 @@ def load_config(
     """Read a YAML file (or start empty), apply ``--set`` overrides, and validate.
 
     Raises:
-        ConfigError: unreadable YAML, an unknown key or a bad value; the message names the key.
+        ConfigError: a file that cannot be read, a value that is not YAML, an unknown key or a
+            bad value; the message names the file (or ``--set`` item) and the key.
     """
     source = str(path) if path is not None else "config"
     data: dict[str, Any] = {}
     if path is not None:
+        text = read_config_text(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: file not found") from None
+            loaded = parse_yaml(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
+from contralign.core.config import parse_yaml
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def list_recipes() -> list[Recipe]:
                       if line.startswith("#")), "")
         head, sep, _ = first.partition("): ")  # "System (Authors, arXiv:id): what it does"
         about = head + ")" if sep else first.rstrip(".,")
-        objective = (yaml.safe_load(text) or {}).get("objective", {}).get("name", "info_nce")
+        objective = (parse_yaml(text) or {}).get("objective", {}).get("name", "info_nce")
         recipes.append(Recipe(path.stem, path, objective, about))
     return recipes
 
