@@ -9,13 +9,20 @@ scaled cosine similarities; the loss is the mean of a softmax cross-entropy over
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature, log_scale_of, register_log_scale
+from contralign.objectives.temperature import (
+    Temperature,
+    check_temperature,
+    log_scale_of,
+    register_log_scale,
+)
 
 # CLIP initialises τ at 0.07 and clips the logit scale 1/τ at 100.
 CLIP_TEMPERATURE = 0.07
@@ -82,8 +89,9 @@ class CLIPLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = CLIP_TEMPERATURE, learnable_temperature: bool = True,
-        max_logit_scale: float = MAX_LOGIT_SCALE, label_smoothing: float = 0.0,
+        self, temperature: Temperature = CLIP_TEMPERATURE, learnable_temperature: bool = True,
+        max_logit_scale: Annotated[float, Gt(0), Lt(math.inf)] = MAX_LOGIT_SCALE,
+        label_smoothing: Annotated[float, Ge(0), Lt(1)] = 0.0,
     ) -> None:
         super().__init__()
         check_temperature("clip", temperature)

@@ -8,12 +8,20 @@ label) is never used as a negative.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
+from contralign.objectives.temperature import (
+    Temperature,
+    check_temperature,
+    register_log_scale,
+    temperature_of,
+)
 from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_info_nce
 
 
@@ -139,8 +147,9 @@ class InfoNCELoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.05, learnable_temperature: bool = False,
-        symmetric: bool = False, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
+        self, temperature: Temperature = 0.05, learnable_temperature: bool = False,
+        symmetric: bool = False, tiled: bool = False,
+        tile_size: Annotated[int, Ge(1)] = DEFAULT_TILE_SIZE,
     ) -> None:
         super().__init__()
         check_temperature("info_nce", temperature)

@@ -33,7 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
+from contralign.objectives.temperature import (
+    Temperature,
+    check_temperature,
+    register_log_scale,
+    temperature_of,
+)
 
 WeightsFrom = Literal["key", "query"]
 WEIGHTS_FROM: tuple[str, ...] = get_args(WeightsFrom)
@@ -119,7 +124,7 @@ class CWCLLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.07, learnable_temperature: bool = False,
+        self, temperature: Temperature = 0.07, learnable_temperature: bool = False,
         weights_from: WeightsFrom = "key", symmetric: bool = True,
     ) -> None:
         super().__init__()

@@ -20,16 +20,19 @@ on cosine similarities; embeddings are always L2-normalised here.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 Candidates = Literal["both_views", "other_view"]
+# The positive-class prior τ⁺: a probability below 1 (the estimator divides by 1 − τ⁺).
+TauPlus = Annotated[float, Ge(0), Lt(1)]
 CANDIDATES: tuple[str, ...] = get_args(Candidates)
 
 
@@ -229,7 +232,7 @@ class DebiasedContrastiveLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.5, tau_plus: float = 0.1,
+        self, temperature: Temperature = 0.5, tau_plus: TauPlus = 0.1,
         candidates: Candidates = "both_views", symmetric: bool = True,
     ) -> None:
         super().__init__()
@@ -262,7 +265,8 @@ class HardNegativeContrastiveLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.5, tau_plus: float = 0.1, beta: float = 1.0,
+        self, temperature: Temperature = 0.5, tau_plus: TauPlus = 0.1,
+        beta: Annotated[float, Ge(0), Lt(math.inf)] = 1.0,
         candidates: Candidates = "both_views", symmetric: bool = True,
     ) -> None:
         super().__init__()

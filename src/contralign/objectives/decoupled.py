@@ -14,9 +14,11 @@ gradient as in lightly's ``negative_mises_fisher_weights``); DCL has ``w_i = 1``
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.debiased import (
@@ -27,7 +29,7 @@ from contralign.objectives.debiased import (
     pair_logits,
 )
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 
 def von_mises_fisher_weights(query: Tensor, key: Tensor, sigma: float = 0.5) -> Tensor:
@@ -106,7 +108,8 @@ class DecoupledContrastiveLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.1, weight_sigma: float | None = None,
+        self, temperature: Temperature = 0.1,
+        weight_sigma: Annotated[float, Gt(0), Lt(math.inf)] | None = None,
         candidates: Candidates = "both_views", symmetric: bool = True,
     ) -> None:
         super().__init__()

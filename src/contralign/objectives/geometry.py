@@ -12,9 +12,11 @@ both weights 1; ``E`` over i.i.d. pairs is the mean over the ``B(B−1)/2`` dist
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
@@ -125,8 +127,10 @@ class AlignUniformLoss(nn.Module):
     """
 
     def __init__(
-        self, align_weight: float = 1.0, unif_weight: float = 1.0, align_alpha: float = 2.0,
-        unif_t: float = 2.0, normalize: bool = True,
+        self, align_weight: Annotated[float, Ge(0), Lt(math.inf)] = 1.0,
+        unif_weight: Annotated[float, Ge(0), Lt(math.inf)] = 1.0,
+        align_alpha: Annotated[float, Gt(0), Lt(math.inf)] = 2.0,
+        unif_t: Annotated[float, Gt(0), Lt(math.inf)] = 2.0, normalize: bool = True,
     ) -> None:
         super().__init__()
         _check_positive("align_uniform", align_alpha=align_alpha, unif_t=unif_t)

@@ -18,14 +18,17 @@ Paper defaults (MoCo v2): Ï„ = 0.2, queue 65,536 keys, m = 0.999. MoCo v1 used Ï
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import Tensor, nn
 
 from contralign.core.dist import world_size
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 PAPER_QUEUE_SIZE = 65_536  # MoCo v1/v2 on ImageNet
 PAPER_TEMPERATURE = 0.2  # MoCo v2; v1 used 0.07
@@ -179,8 +182,8 @@ class MoCoLoss(nn.Module):
         ValueError: a ``dim`` or ``queue_size`` below 1, or a bad temperature.
     """
 
-    def __init__(self, dim: int, queue_size: int = 4096,
-                 temperature: float = PAPER_TEMPERATURE) -> None:
+    def __init__(self, dim: int, queue_size: Annotated[int, Ge(1)] = 4096,
+                 temperature: Temperature = PAPER_TEMPERATURE) -> None:
         super().__init__()
         check_temperature("moco", temperature)
         if dim < 1 or queue_size < 1:

@@ -13,16 +13,17 @@ freezes the prototypes during the first epoch; neither is done here (the trainer
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
 from contralign.core.dist import world_size
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 
 def _all_reduce(value: Tensor, op: Any = torch_dist.ReduceOp.SUM) -> Tensor:
@@ -200,8 +201,10 @@ class SwAVLoss(nn.Module):
         ValueError: non-positive ``dim``, ``n_prototypes``, τ or ε, or negative iterations.
     """
 
-    def __init__(self, dim: int, n_prototypes: int = 3000, temperature: float = 0.1,
-                 epsilon: float = 0.05, iterations: int = 3) -> None:
+    def __init__(self, dim: int, n_prototypes: Annotated[int, Ge(1)] = 3000,
+                 temperature: Temperature = 0.1,
+                 epsilon: Annotated[float, Gt(0), Lt(math.inf)] = 0.05,
+                 iterations: Annotated[int, Ge(0)] = 3) -> None:
         super().__init__()
         if dim < 1 or n_prototypes < 1:
             raise ValueError(f"swav: dim and n_prototypes must be >= 1, got dim={dim}, "

@@ -25,13 +25,15 @@ your scores.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 
 def _check(threshold: float, temperature: float, push_rate: float) -> None:
@@ -134,7 +136,8 @@ class ConRLoss(nn.Module):
     """
 
     def __init__(
-        self, threshold: float = 1.0, temperature: float = 0.07, push_rate: float = 0.01
+        self, threshold: Annotated[float, Ge(0), Lt(math.inf)] = 1.0,
+        temperature: Temperature = 0.07, push_rate: Annotated[float, Ge(0), Lt(math.inf)] = 0.01,
     ) -> None:
         super().__init__()
         _check(threshold, temperature, push_rate)

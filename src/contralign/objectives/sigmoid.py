@@ -8,9 +8,11 @@ normalises over the batch: ``loss = −1/B Σ_i Σ_j log σ(z_ij (t·x_i·y_j + 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
@@ -77,8 +79,10 @@ class SigLIPLoss(nn.Module):
     """
 
     def __init__(
-        self, logit_scale: float = SIGLIP_LOGIT_SCALE, logit_bias: float = SIGLIP_LOGIT_BIAS,
-        learnable: bool = True, tiled: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
+        self, logit_scale: Annotated[float, Gt(0), Lt(math.inf)] = SIGLIP_LOGIT_SCALE,
+        logit_bias: Annotated[float, Gt(-math.inf), Lt(math.inf)] = SIGLIP_LOGIT_BIAS,
+        learnable: bool = True, tiled: bool = False,
+        tile_size: Annotated[int, Ge(1)] = DEFAULT_TILE_SIZE,
     ) -> None:
         super().__init__()
         check_tile_size(tile_size, "siglip")

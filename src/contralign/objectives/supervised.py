@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 Variant = Literal["out", "in"]
 
@@ -124,8 +124,8 @@ class SupConLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = SUPCON_TEMPERATURE, variant: Variant = "out",
-        base_temperature: float | None = None,
+        self, temperature: Temperature = SUPCON_TEMPERATURE, variant: Variant = "out",
+        base_temperature: Temperature | None = None,
     ) -> None:
         super().__init__()
         check_temperature("supcon", temperature)

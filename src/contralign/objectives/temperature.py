@@ -7,12 +7,19 @@ Kept as a log logit scale, ``log(1/τ)``: a parameter when learned (clamped at
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
+from annotated_types import Gt, Lt
 from torch import Tensor, nn
 
 # CLIP clamps the learnable logit scale at 100 (temperature 0.01) to keep training stable.
 MAX_LOGIT_SCALE = 100.0
+
+# A softmax temperature (or any scale that must be finite and > 0). Constructors annotate their
+# parameters with it, so that a config is checked before anything is built (pydantic reads the
+# bounds; NaN fails both); ``check_temperature`` is the same rule for direct calls.
+Temperature = Annotated[float, Gt(0), Lt(math.inf)]
 
 
 def check_temperature(objective: str, temperature: float, key: str = "temperature") -> None:

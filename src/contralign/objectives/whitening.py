@@ -39,13 +39,15 @@ through the whitening matrix.
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import torch
+from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.contrastive import info_nce
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.temperature import Temperature
 
 WhiteningMethod = Literal["zca", "cholesky"]
 WHITENING_METHODS: tuple[str, ...] = get_args(WhiteningMethod)
@@ -212,8 +214,9 @@ class WhitenedCSELoss(nn.Module):
             ``groups`` does not divide or a batch no larger than a group.
     """
 
-    def __init__(self, groups: int = 128, num_positives: int = 2, temperature: float = 0.05,
-                 eps: float = 1e-5, method: WhiteningMethod = "zca",
+    def __init__(self, groups: Annotated[int, Ge(1)] = 128,
+                 num_positives: Annotated[int, Ge(1)] = 2, temperature: Temperature = 0.05,
+                 eps: Annotated[float, Ge(0), Lt(math.inf)] = 1e-5, method: WhiteningMethod = "zca",
                  stop_gradient: bool = False) -> None:
         super().__init__()
         if method not in WHITENING_METHODS:

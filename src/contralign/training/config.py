@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -13,6 +14,10 @@ from contralign.encoders.pooling import PoolingMode
 from contralign.encoders.resolve import DEFAULT_MODEL
 from contralign.objectives.registry import OBJECTIVES
 
+# No text model reads more tokens than this; a larger ``model.max_length`` is a typo. The model's
+# own limit (its position embeddings) is checked when it is loaded (``TextEncoder``).
+MAX_LENGTH_LIMIT = 131_072
+
 
 class ModelConfig(StrictConfig):
     """The text tower. Unset fields keep the model folder's own settings."""
@@ -21,7 +26,7 @@ class ModelConfig(StrictConfig):
     tower: TowerKind = "auto"  # auto: static vectors/folders -> static tower, else transformer
     pooling: PoolingMode | None = None
     normalize: bool | None = None
-    max_length: int | None = Field(default=None, gt=0)
+    max_length: int | None = Field(default=None, gt=0, le=MAX_LENGTH_LIMIT)
     projection_dim: int | None = Field(default=None, gt=0)
 
 
@@ -43,15 +48,18 @@ class ObjectiveConfig(StrictConfig):
         accepted["mask_duplicates"] = (bool, True)  # a task setting every objective takes
         if info.momentum_keys or info.optional_momentum_keys:
             accepted["momentum"] = (float, 0.999 if info.momentum_keys else None)
-        for key, value in (self.model_extra or {}).items():
+        extra = self.__pydantic_extra__ or {}
+        for key, value in extra.items():
             if key not in accepted:
                 raise ValueError(f"{key}: unknown parameter of {self.name}; its parameters: "
                                  f"{', '.join(accepted) or 'none'}")
-            annotation = accepted[key][0]
+            # The constructor's annotation carries its bounds (Annotated[float, Gt(0)], a
+            # Literal of choices), so a bad value is caught here, naming the key.
             try:
-                TypeAdapter(annotation).validate_python(value, strict=False)
+                # Keep the converted value: "5e-2" -> 0.05, "false" -> False, 2.0 -> 2.
+                extra[key] = TypeAdapter(accepted[key][0]).validate_python(value, strict=False)
             except ValidationError as err:
-                raise ValueError(f"{key}: {err.errors()[0]['msg']} (got {value!r})") from None
+                raise ValueError(f"{key}: {_what_is_wrong(err, value)} (got {value!r})") from None
         momentum = (self.model_extra or {}).get("momentum")
         if momentum is not None and not 0.0 <= float(momentum) <= 1.0:  # also rejects NaN
             raise ValueError(f"momentum: must be in [0, 1] (1 freezes the key tower), got "
@@ -83,13 +91,23 @@ class ObjectiveConfig(StrictConfig):
         return None
 
 
+def _what_is_wrong(error: ValidationError, value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):  # pydantic: "less than inf"
+        return "not a number" if math.isnan(value) else "must be finite"
+    return str(error.errors()[0]["msg"])
+
+
+# An Adam β: the decay of a moving average, in [0, 1).
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class OptimConfig(StrictConfig):
     """AdamW with weight-decay groups, warmup then decay, gradient clipping."""
 
-    lr: float = Field(default=2e-5, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
+    lr: float = Field(default=2e-5, gt=0, lt=math.inf)
+    weight_decay: float = Field(default=0.01, ge=0, lt=math.inf)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0, lt=math.inf)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int | None = Field(default=None, ge=0)
@@ -161,7 +179,7 @@ class TrainConfig(StrictConfig):
         for i, view in enumerate(self.views):
             try:
                 make_view(str(view.get("name")), **{k: v for k, v in view.items() if k != "name"})
-            except (ValueError, TypeError) as err:
+            except ValueError as err:  # make_view names the view and the parameter
                 raise ValueError(f"views.{i}: {err}") from None
         views_only = "views" in OBJECTIVES[self.objective.name].requires
         if self.views and len(self.views) < 2 and not views_only:
