@@ -1,18 +1,26 @@
-"""Every bundled recipe runs end to end on tiny data; every objective trains through the task."""
+"""Every bundled recipe runs end to end on tiny data and its paper settings reach the objective,
+the towers' settings and the optimiser it builds; every objective trains through the task."""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 import torch
 import yaml
+from torch import nn
 from typer.testing import CliRunner
 
 from contralign.cli.app import app
+from contralign.core.config import load_config
 from contralign.objectives import OBJECTIVES
-from contralign.training.loop import build_task
+from contralign.training.config import OptimConfig, TrainConfig
+from contralign.training.loop import build_encoder, build_task
+from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.recipes import list_recipes
 
 runner = CliRunner()
@@ -54,6 +62,127 @@ def test_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and Path(summary["model_dir"], "model.safetensors").is_file()
+
+
+# --- each recipe's settings reach what training builds --------------------------------------
+
+
+def _objective_setting(task: Any, key: str) -> Any:
+    """The value that the built task holds for the objective setting ``key``, read from the
+    module's state (not from the config), where the module keeps it under another form."""
+    objective = task.objective
+    match key:
+        case "momentum":  # a task setting: the key tower's momentum
+            return None if task.key_encoder is None else task.key_encoder.momentum
+        case "queue_size":
+            return objective.queue.keys.shape[0]
+        case "n_prototypes":
+            return objective.prototypes.shape[0]
+        case "logit_scale":
+            return float(objective.log_scale.detach().exp())
+        case "logit_bias":
+            return float(objective.bias.detach())
+        case "learnable":
+            return isinstance(objective.log_scale, nn.Parameter) and objective.bias.requires_grad
+    value = getattr(objective, key)
+    return float(value.detach()) if isinstance(value, torch.Tensor) else value
+
+
+def _reference_schedule(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
+                        total: int) -> Any:
+    """transformers' schedule of that name: an independent implementation of warmup + decay."""
+    import transformers
+
+    match schedule:
+        case "linear":
+            return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total)
+        case "cosine":
+            return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        case _:
+            return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig) -> None:
+    """Build the tower, task, optimiser and scheduler as ``fit`` does; every setting that
+    ``settings`` (the recipe's YAML) gives to the model, the objective and the optimiser is
+    found in what was built, and every optimiser setting it leaves out has the default."""
+    encoder = build_encoder(config)
+    for key, value in settings.get("model", {}).items():
+        if key != "name":
+            assert getattr(encoder.config, key) == value, f"model.{key}"
+
+    task = build_task(config, encoder)
+    objective = dict(settings["objective"])
+    assert type(task.objective) is OBJECTIVES[objective.pop("name")].module
+    for key, value in objective.items():
+        expected = value if isinstance(value, bool | str) else pytest.approx(value, rel=1e-6)
+        assert _objective_setting(task, key) == expected, f"objective.{key}"
+
+    optim = {key: settings.get("optim", {}).get(key, field.default)
+             for key, field in OptimConfig.model_fields.items()}
+    optimizer = build_optimizer(task, config.optim)
+    decay, no_decay = optimizer.param_groups  # weights; biases, norms and scalars
+    assert decay["params"] and decay["weight_decay"] == pytest.approx(optim["weight_decay"])
+    assert no_decay["weight_decay"] == 0.0
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(optim["lr"]), "optim.lr"
+        assert tuple(group["betas"]) == pytest.approx(tuple(optim["betas"])), "optim.betas"
+        assert group["eps"] == pytest.approx(optim["eps"]), "optim.eps"
+
+    total = 200  # warmup_ratio of the steps, rounded up (as transformers' Trainer does)
+    warmup = (optim["warmup_steps"] if optim["warmup_steps"] is not None
+              else math.ceil(total * optim["warmup_ratio"]))
+    ours = build_scheduler(optimizer, config.optim, total).lr_lambdas[0]
+    probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = _reference_schedule(probe, optim["schedule"], warmup, total).lr_lambdas[0]
+    for step in range(total + 1):
+        assert ours(step) == pytest.approx(theirs(step), abs=1e-9), \
+            f"optim.schedule/warmup at step {step}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_model_dir: Path):
+    """The recipe as ``contralign train RECIPE --data … --set model.name=…`` reads it (the tiny
+    tower stands in for the recipe's model; nothing else is changed)."""
+    settings = yaml.safe_load(recipe.path.read_text())
+    config = load_config(TrainConfig, recipe.path,
+                         [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"])
+    _assert_settings_reach_the_run(settings, config)
+
+
+def _changed(value: Any, annotation: Any) -> Any:
+    """Another valid value of a setting: a flipped bool, an int + 1, half a float, the next
+    choice of a Literal."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 if value else 0.05
+    return next(choice for choice in get_args(annotation) if choice != value)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_model_dir: Path):
+    """Every setting of the recipe changed to another valid value: a setting dropped on the way
+    (so that the default applies) is caught even where the paper's value is the default."""
+    settings = yaml.safe_load(recipe.path.read_text())
+    changed = copy.deepcopy(settings)
+    changed["model"]["name"] = str(tiny_model_dir)
+    changed["data"]["path"] = "unused.jsonl"
+    objective = changed["objective"]
+    accepted = OBJECTIVES[objective["name"]].parameters()
+    for key, value in objective.items():
+        if key != "name":
+            objective[key] = _changed(value, accepted.get(key, (float, None))[0])
+    optim = changed.setdefault("optim", {})
+    for key, value in list(optim.items()):
+        optim[key] = _changed(value, OptimConfig.model_fields[key].annotation)
+    optim["betas"] = (0.8, 0.99)
+    changed["model"]["max_length"] = changed["model"].get("max_length", 64) // 2
+    for key, value in objective.items():
+        assert key == "name" or value != settings["objective"][key], key
+    _assert_settings_reach_the_run(changed, TrainConfig.model_validate(changed))
 
 
 def _batch(encoder, n: int = 6) -> dict:
