@@ -18,8 +18,10 @@ def demo_command(
 ) -> None:
     """Fine-tune the default model to align paper titles with their abstracts (bundled corpus),
     evaluate before and after on held-out papers, and search the corpus."""
+    from contralign.core.outputs import RUN, check_output_folder
     from contralign.training.demo import DEMO_METRICS, run_demo
 
+    check_output_folder(output_dir, RUN, "--output-dir", inputs=[], replace=True)
     if not as_json:
         console.print("[bold]contralign demo[/]: all-MiniLM-L6-v2, titles → abstracts, "
                       "150 train / 54 test papers")

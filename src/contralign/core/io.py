@@ -79,6 +79,7 @@ def atomic_directory(path: str | Path, kind: OutputKind) -> Iterator[Path]:
     try:
         follow_umask(tmp, folder=True)
         yield tmp
+        _settle(tmp)
         swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +98,16 @@ def swap_in(new: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, path)
+
+
+def _settle(folder: Path) -> None:
+    """Give everything in ``folder`` the user's usual modes (safetensors writes 0600 files) and
+    put its files on disk before the rename makes it the folder."""
+    for child in sorted(folder.rglob("*")):
+        follow_umask(child, folder=child.is_dir())
+        if child.is_file():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def file_sha256(path: str | Path) -> str:

@@ -106,17 +106,16 @@ def load_latest(
     Raises:
         DamagedCheckpointError: every checkpoint is damaged (names the newest's bad file).
     """
-    found = list_checkpoints(checkpoints_dir)
-    first_error: DamagedCheckpointError | None = None
-    for _, folder in reversed(found):
+    newest_first = [folder for _, folder in reversed(list_checkpoints(checkpoints_dir))]
+    for position, folder in enumerate(newest_first):
         try:
             return load_checkpoint(folder, task, optimizer, scheduler)
         except DamagedCheckpointError as err:
-            first_error = first_error or err
-            warnings.warn(f"{err}; resuming from the checkpoint before it", stacklevel=2)
-    if first_error is not None:
-        raise DamagedCheckpointError(f"{first_error}; no intact checkpoint is left to resume "
-                                     "from (start again with --overwrite)")
+            if position + 1 == len(newest_first):
+                raise DamagedCheckpointError(f"{err}; no intact checkpoint is left to resume "
+                                             "from (start again with --overwrite)") from None
+            warnings.warn(f"{err}; resuming from {newest_first[position + 1].name} instead",
+                          stacklevel=2)
     return None
 
 

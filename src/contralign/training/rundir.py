@@ -157,6 +157,7 @@ def open_run(config: TrainConfig, *, resume: bool, overwrite: bool, writer: bool
         OutputError: an output path that is not ours to write, or is in use.
     """
     target = Path(config.output_dir)
+    _check_rejects(config, [*run_inputs(config), *inputs])
     if resume and overwrite:
         raise ContralignError("--resume and --overwrite: choose one (continue the run, or "
                               "replace it)")
@@ -185,6 +186,21 @@ def run_inputs(config: TrainConfig) -> list[str]:
     if Path(config.model.name).expanduser().exists():
         paths.append(config.model.name)
     return paths
+
+
+def _check_rejects(config: TrainConfig, inputs: Sequence[str | Path]) -> None:
+    """``data.rejects`` must not name a file the run reads (it is written while data is read).
+
+    Raises:
+        ConfigError: it resolves to an input.
+    """
+    if config.data.rejects is None or config.data.rejects == os.devnull:
+        return
+    rejects = Path(config.data.rejects).expanduser().resolve()
+    for item in inputs:
+        if Path(item).expanduser().resolve() == rejects:
+            raise ConfigError(f"data.rejects: {config.data.rejects} is {item}, an input of this "
+                              "run; name a new file for the skipped records")
 
 
 def check_resumable(target: Path, config: TrainConfig) -> None:
