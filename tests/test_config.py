@@ -199,9 +199,6 @@ def test_build_objective_leaves_a_bad_call_as_it_is():
         build_objective("info_nce", {"temperature": 0.0})
 
 
-# Objectives whose module another change is editing; their constructors' temperature still has a
-# bare ``float`` annotation (see the registry's constructors for the Temperature type).
-_PENDING = {"nt_xent", "one_to_k"}
 _FLOATS = (-1.0, 0.0, 1e-3, 0.5, 0.999, 1.0, 2.0, 1e6, math.nan, math.inf, -math.inf)
 _INTS = (-1, 0, 1, 3)
 
@@ -220,9 +217,7 @@ def _probes(annotation: Any) -> tuple[Any, ...]:
     return {float: _FLOATS, int: _INTS, bool: (True, False)}[annotation]
 
 
-_CASES = [pytest.param(name, key, value, id=f"{name}.{key}={value!r}",
-                       marks=[pytest.mark.xfail(reason="constructor not annotated yet")]
-                       if name in _PENDING and key == "temperature" else [])
+_CASES = [pytest.param(name, key, value, id=f"{name}.{key}={value!r}")
           for name, info in sorted(OBJECTIVES.items())
           for key, (annotation, _) in info.parameters().items()
           for value in _probes(annotation)]

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["TextEncoder", "TrainConfig", "fit", "__version__"]
+__all__ = ["TextEncoder", "TrainConfig", "fit", "load_tower", "__version__"]
 
 if TYPE_CHECKING:
+    from contralign.encoders.loading import load_tower
     from contralign.encoders.text import TextEncoder
     from contralign.training.config import TrainConfig
     from contralign.training.loop import fit
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from contralign.training.config import TrainConfig
 
         return TrainConfig
+    if name == "load_tower":
+        from contralign.encoders.loading import load_tower
+
+        return load_tower
     if name == "fit":
         from contralign.training.loop import fit
 

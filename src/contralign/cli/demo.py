@@ -12,8 +12,9 @@ from contralign.cli.common import command, console, print_json
 
 @command
 def demo_command(
-    output_dir: Path = typer.Option(Path("runs/demo"), "--output-dir", "-o",
-                                    help="Run directory (a demo run there is replaced once the new one finishes)."),
+    output_dir: Path = typer.Option(
+        Path("runs/demo"), "--output-dir", "-o",
+        help="Run directory (a demo run there is replaced once the new one finishes)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Fine-tune the default model to align paper titles with their abstracts (bundled corpus),

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature
+from contralign.objectives.temperature import Temperature, check_temperature
 
 Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
 
@@ -164,7 +164,7 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.5, aggregation: Aggregation = "multi_positive",
+        self, temperature: Temperature = 0.5, aggregation: Aggregation = "multi_positive",
     ) -> None:
         super().__init__()
         check_temperature("nt_xent", temperature)

@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
-from contralign.objectives.temperature import check_temperature, register_log_scale, temperature_of
+from contralign.objectives.temperature import (
+    Temperature,
+    check_temperature,
+    register_log_scale,
+    temperature_of,
+)
 
 
 def one_to_k_contrastive(
@@ -90,7 +95,7 @@ class OneToKContrastiveLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.07, learnable_temperature: bool = False,
+        self, temperature: Temperature = 0.07, learnable_temperature: bool = False,
         symmetric: bool = True,
     ) -> None:
         super().__init__()

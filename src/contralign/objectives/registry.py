@@ -78,7 +78,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "nt_xent": ObjectiveInfo(
         "contralign.objectives.multiview.NTXentLoss", (),
         "arXiv:2002.05709 (SimCLR); arXiv:1906.05849 (CMC); arXiv:2403.05490",
-        "NT-Xent over V >= 2 views: pairwise (CMC), multi-positive, or poly-view aggregation.",
+        "NT-Xent over V >= 2 views: pairwise (CMC), multi-positive, or poly-view (geometric).",
     ),
     "clip": ObjectiveInfo(
         "contralign.objectives.clip.CLIPLoss", ("key",),
@@ -121,7 +121,8 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "one_to_k": ObjectiveInfo(
         "contralign.objectives.one_to_k.OneToKContrastiveLoss", ("views",),
         "arXiv:2406.18254 (1-to-K contrastive, KDD 2024)",
-        "One anchor against its K aligned views at once, in both directions.",
+        "One anchor against its K aligned views at once, both directions weighted as the "
+        "authors' code ((L_i2t + L_t2i) / 2K).",
     ),
     "moco": ObjectiveInfo(
         "contralign.objectives.momentum.MoCoLoss", ("key",),

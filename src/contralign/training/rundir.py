@@ -37,7 +37,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from contralign.core.config import describe_validation_error
+from contralign.core.config import describe_validation_error, parse_yaml
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.io import atomic_write_json, atomic_write_text, swap_in
 from contralign.core.outputs import (
@@ -216,7 +216,7 @@ def check_resumable(target: Path, config: TrainConfig) -> None:
     stored_path = target / CONFIG_FILE
     try:
         stored = TrainConfig.model_validate(
-            yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {})
+            parse_yaml(stored_path.read_text(encoding="utf-8")) or {})
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ContralignError(f"{stored_path}: unreadable ({err})") from None
     except ValidationError as err:
