@@ -54,9 +54,11 @@ EXTENSIONS: dict[str, FileFormat] = {
     ".txt": "txt",
 }
 TEXT_COLUMN = "text"
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
 # Larger than any field that fits in memory, and small enough for a C long on every platform.
 FIELD_SIZE_LIMIT = 2**31 - 1
 PARQUET_BATCH_ROWS = 4096
+_BAD_PARQUET_NAME = "not a readable parquet file: a name in its metadata is not valid UTF-8"
 # surrogateescape (PEP 383) keeps an undecodable byte 0xNN as the lone surrogate U+DCNN.
 _UNDECODED = re.compile("[\udc80-\udcff]")
 
@@ -84,9 +86,9 @@ def detect_format(path: str | Path, fmt: str = "auto") -> FileFormat:
 
 
 def printable(name: str) -> str:
-    """``name`` as a message shows it: quoted with escapes when it holds a newline or the like,
-    so that an error stays on one line."""
-    return name if name.isprintable() else repr(name)
+    """``name`` as a message shows it: quoted with escapes when it is empty, has spaces around it
+    or holds a newline or the like, so that an error stays on one line and shows what is there."""
+    return name if name and name.isprintable() and name.strip() == name else repr(name)
 
 
 def read_header(path: str | Path, fmt: str = "auto") -> list[str] | None:
@@ -108,7 +110,7 @@ def read_header(path: str | Path, fmt: str = "auto") -> list[str] | None:
                 return _parquet_names(path, _parquet_file(path, f))
         case "csv" | "tsv" as delimited:
             with closing(_Feed(_lines(path, split_cr=True))) as feed:
-                return _delimited_header(path, feed, _delimiter(delimited))
+                return _delimited_header(path, feed, _DELIMITERS[delimited])
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -135,7 +137,7 @@ def read_rows(
         case "jsonl":
             yield from _read_jsonl(path, on_error)
         case "csv" | "tsv" as delimited:
-            yield from _read_delimited(path, _delimiter(delimited), on_error)
+            yield from _read_delimited(path, _DELIMITERS[delimited], on_error)
         case "parquet":
             yield from _read_parquet(path, on_error)
         case "txt":
@@ -146,10 +148,6 @@ def _fail(error: DataError, raw: Any, on_error: OnError | None) -> None:
     if on_error is None:
         raise error
     on_error(error, raw)
-
-
-def _delimiter(fmt: str) -> str:
-    return "\t" if fmt == "tsv" else ","
 
 
 def _check_header(path: Path, header: list[str], line: int | None) -> None:
@@ -440,6 +438,8 @@ def _parquet_file(path: Path, f: BinaryIO) -> Any:
     except (pa.ArrowException, OSError) as exc:  # what pyarrow raises for bytes it cannot parse
         raise DataError(path, None, None, f"not a readable parquet file: {_first_line(exc)}") \
             from None
+    except UnicodeDecodeError:  # a column path in the metadata
+        raise DataError(path, None, None, _BAD_PARQUET_NAME) from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -452,8 +452,7 @@ def _parquet_names(path: Path, parquet: Any) -> list[str]:
     try:
         names = list(parquet.schema_arrow.names)
     except UnicodeDecodeError:  # pyarrow decodes the column names only when asked
-        raise DataError(path, None, None, "not a readable parquet file: a column name is not "
-                        "valid UTF-8") from None
+        raise DataError(path, None, None, _BAD_PARQUET_NAME) from None
     _check_header(path, names, None)
     return names
 
@@ -468,7 +467,7 @@ def _read_parquet(path: Path, on_error: OnError | None) -> Iterator[tuple[int, R
         while True:
             try:
                 batch = next(batches, None)
-            except (pa.ArrowException, OSError) as exc:
+            except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
                 raise DataError(path, None, None, f"damaged parquet data after row {row}: "
                                 f"{_first_line(exc)}") from None
             if batch is None:
