@@ -175,4 +175,5 @@ def test_a_batch_the_objective_cannot_score_is_one_line(tiny_model_dir, pairs_fi
     path = _config_file(tmp_path, tiny_model_dir, pairs_file,
                         objective={"name": "whitened_cse", "groups": 1})
     line = _one_line_error(runner.invoke(app, ["train", str(path)]))
-    assert line.startswith("error: objective: group_whiten: a batch of 4 rows")
+    assert line.startswith("error: group_whiten: a batch of 4 rows")
+    assert "raise objective.groups or train.batch_size" in line

@@ -37,3 +37,9 @@ class ConfigError(ContralignError):
 
 class ModelNotFoundError(ContralignError):
     """A model name or path that resolves to nothing loadable."""
+
+
+class BatchError(ContralignError, ValueError):
+    """A batch the configured objective cannot score: its settings do not fit the batch (a
+    whitening group wider than the batch, an anchor left without a negative). A ``ValueError``
+    for library callers, one line for the CLI; the message says which setting to change."""

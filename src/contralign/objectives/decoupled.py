@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from annotated_types import Gt, Lt
 from torch import Tensor, nn
 
+from contralign.core.errors import BatchError
 from contralign.objectives.debiased import (
     CANDIDATES,
     Candidates,
@@ -86,8 +87,9 @@ def decoupled_contrastive(
     positive, logits, keep = pair_logits(query, key, negatives, temperature=temperature,
                                          candidates=candidates, symmetric=symmetric)
     if not bool(keep.any(dim=1).all()):
-        raise ValueError("decoupled: every anchor needs a negative; got a batch of "
-                         f"{query.shape[0]} pair(s) without enough candidates")
+        raise BatchError("decoupled: every anchor needs a negative; got a batch of "
+                         f"{query.shape[0]} pair(s) without enough candidates (raise "
+                         "train.batch_size, or set train.drop_last: true)")
     if weight_sigma is not None:
         weights = von_mises_fisher_weights(query, key, weight_sigma)  # (B,), same both ways
         positive = positive * (torch.cat([weights, weights]) if symmetric else weights)

@@ -45,6 +45,7 @@ import torch
 from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
+from contralign.core.errors import BatchError
 from contralign.objectives.contrastive import info_nce
 from contralign.objectives.inputs import Embedded
 from contralign.objectives.temperature import Temperature
@@ -68,11 +69,12 @@ def _check_arguments(x: Tensor, groups: int, eps: float, method: str) -> None:
         raise ValueError(f"group_whiten: x {tuple(x.shape)} must be (B, D)")
     rows, dim = x.shape
     if groups < 1 or dim % groups:
-        raise ValueError(f"group_whiten: groups must divide the embedding width {dim}, got "
-                         f"{groups}")
+        raise BatchError(f"group_whiten: groups must divide the embedding width {dim}, got "
+                         f"{groups} (set objective.groups)")
     if rows <= dim // groups:
-        raise ValueError(f"group_whiten: a batch of {rows} rows cannot whiten groups of "
-                         f"{dim // groups} dimensions (needs more rows than dimensions per group)")
+        raise BatchError(f"group_whiten: a batch of {rows} rows cannot whiten groups of "
+                         f"{dim // groups} dimensions (needs more rows than dimensions per group: "
+                         "raise objective.groups or train.batch_size)")
     if not 0 <= eps < math.inf:
         raise ValueError(f"group_whiten: eps must be finite and >= 0, got {eps}")
 

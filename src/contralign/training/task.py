@@ -16,7 +16,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from contralign.core.errors import ConfigError
 from contralign.encoders.momentum import MomentumEncoder
 from contralign.objectives.inputs import Embedded
 
@@ -150,15 +149,11 @@ class ContrastiveTask(nn.Module):
         whose loss is a mean over rows, for a multi-process run).
 
         Raises:
-            ConfigError: the objective rejects the batch (too few rows for its groups, a role
-                it needs but the data lacks): a setting to change, reported in one line.
+            BatchError: the objective's settings do not fit the batch (a setting to change).
         """
-        try:
-            if rows is None:
-                return self.objective(embedded)
-            return self.objective(embedded, rows=rows)
-        except ValueError as err:  # a batch the configured objective cannot score
-            raise ConfigError(f"objective: {err}") from err
+        if rows is None:
+            return self.objective(embedded)
+        return self.objective(embedded, rows=rows)
 
     def after_step(self) -> None:
         """Called after each optimiser step: moves the momentum copy towards the tower."""
