@@ -314,6 +314,7 @@ class _Feed:
         self._lines = lines
         self._replay: deque[_Line] = deque()
         self.taken: list[_Line] = []
+        self.undecodable: _Line | None = None  # the first taken line with a byte that is not UTF-8
         if csv.field_size_limit() < FIELD_SIZE_LIMIT:  # process-wide; only ever raised
             csv.field_size_limit(FIELD_SIZE_LIMIT)
 
@@ -323,11 +324,13 @@ class _Feed:
     def __next__(self) -> str:
         line = self._replay.popleft() if self._replay else next(self._lines)
         self.taken.append(line)
+        if line.problem is not None and self.undecodable is None:
+            self.undecodable = line
         return line.text
 
     def take(self) -> list[_Line]:
         """The lines read since the last call: those of the record just read."""
-        taken, self.taken = self.taken, []
+        taken, self.taken, self.undecodable = self.taken, [], None
         return taken
 
     def replay(self, lines: list[_Line]) -> None:
@@ -346,9 +349,9 @@ def _delimited_header(path: Path, feed: _Feed, delimiter: str) -> list[str]:
     except csv.Error as exc:
         line, message, _ = _quote_problem(feed.take(), delimiter, str(exc))
         raise DataError(path, line, None, message) from None
-    undecodable = next((line for line in feed.take() if line.problem), None)
-    if undecodable is not None:
+    if (undecodable := feed.undecodable) is not None:
         raise DataError(path, undecodable.number, None, undecodable.problem)
+    feed.take()
     if not header:
         raise DataError(path, 1, None, "no header row")
     _check_header(path, header, 1)
@@ -373,10 +376,9 @@ def _read_delimited(
                 continue
             if fields is None:
                 return
-            lines = feed.take()
+            undecodable, lines = feed.undecodable, feed.take()
             if not fields:  # a blank line
                 continue
-            undecodable = next((line for line in lines if line.problem), None)
             if undecodable is not None:
                 error = DataError(path, undecodable.number, None, undecodable.problem)
                 _fail(error, _joined(lines), on_error)
