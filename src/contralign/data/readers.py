@@ -33,7 +33,7 @@ import json
 import re
 import stat
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
@@ -215,6 +215,11 @@ class _Line(NamedTuple):
     text: str
     problem: str | None = None
 
+    def error(self, path: Path) -> DataError:
+        """What is wrong with this line's bytes, at this line."""
+        assert self.problem is not None, "only a line with undecodable bytes has an error"
+        return DataError(path, self.number, None, self.problem)
+
     def shown(self) -> str:
         """The text for a rejects file, an undecodable byte written as ``\\xNN``."""
         if self.problem is None:
@@ -234,7 +239,7 @@ def _decode(number: int, raw: bytes) -> _Line:
     return _Line(number, text, problem)
 
 
-def _lines(path: Path, *, split_cr: bool) -> Iterator[_Line]:
+def _lines(path: Path, *, split_cr: bool) -> Generator[_Line, None, None]:
     """Each physical line, decoded on its own; ``split_cr`` also ends a line at a lone ``\\r``."""
     number = 0
     for raw in _raw_lines(path):
@@ -257,7 +262,7 @@ def _read_jsonl(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row
     for line in _lines(path, split_cr=False):
         text = line.text.rstrip("\r\n")
         if line.problem is not None:
-            _fail(DataError(path, line.number, None, line.problem), _joined([line]), on_error)
+            _fail(line.error(path), _joined([line]), on_error)
             continue
         if not text.strip():
             continue
@@ -280,7 +285,7 @@ def _read_jsonl(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row
 def _read_txt(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
     for line in _lines(path, split_cr=False):
         if line.problem is not None:
-            _fail(DataError(path, line.number, None, line.problem), _joined([line]), on_error)
+            _fail(line.error(path), _joined([line]), on_error)
         elif line.text.strip():
             yield line.number, {TEXT_COLUMN: line.text.rstrip("\r\n")}
 
@@ -310,7 +315,7 @@ class _Feed:
     """Lines for ``csv.reader`` that remember which physical lines the current record took, so
     that a problem is reported at its own line and reading can start again after a bad quote."""
 
-    def __init__(self, lines: Iterator[_Line]) -> None:
+    def __init__(self, lines: Generator[_Line, None, None]) -> None:
         self._lines = lines
         self._replay: deque[_Line] = deque()
         self.taken: list[_Line] = []
@@ -337,9 +342,7 @@ class _Feed:
         self._replay.extendleft(reversed(lines))
 
     def close(self) -> None:
-        close = getattr(self._lines, "close", None)
-        if close is not None:
-            close()
+        self._lines.close()  # and with it the file
 
 
 def _delimited_header(path: Path, feed: _Feed, delimiter: str) -> list[str]:
@@ -350,7 +353,7 @@ def _delimited_header(path: Path, feed: _Feed, delimiter: str) -> list[str]:
         line, message, _ = _quote_problem(feed.take(), delimiter, str(exc))
         raise DataError(path, line, None, message) from None
     if (undecodable := feed.undecodable) is not None:
-        raise DataError(path, undecodable.number, None, undecodable.problem)
+        raise undecodable.error(path)
     feed.take()
     if not header:
         raise DataError(path, 1, None, "no header row")
@@ -380,8 +383,7 @@ def _read_delimited(
             if not fields:  # a blank line
                 continue
             if undecodable is not None:
-                error = DataError(path, undecodable.number, None, undecodable.problem)
-                _fail(error, _joined(lines), on_error)
+                _fail(undecodable.error(path), _joined(lines), on_error)
             elif len(fields) != len(header):
                 message = f"expected {len(header)} fields, got {len(fields)}"
                 _fail(DataError(path, lines[0].number, None, message), _joined(lines), on_error)
