@@ -78,13 +78,17 @@ def test_torn_metrics_line_and_stale_tmp_folders(tiny_model_dir, pairs_file, tmp
     config = crashed_run(tiny_model_dir, pairs_file, run_dir, monkeypatch)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 11, "loss": 0.5')  # a kill during the write
-    stale = run_dir / "checkpoints" / ".step-12.abcd.tmp"
+    stale = run_dir / "checkpoints" / ".step-12.abcd_123.tmp"
     stale.mkdir()
     (stale / "task.safetensors").write_bytes(b"half")
+    stale_model = run_dir / ".model.x1y2z3w4.tmp"
+    stale_model.mkdir()
+    (run_dir / ".metrics.jsonl.k9k9k9k9.tmp").write_text("{")
     result = fit(config, resume=True, progress=False)
     assert result.steps == 12
     assert_same_weights(full_run, run_dir)
-    assert not stale.exists()
+    assert not stale.exists() and not stale_model.exists()
+    assert not list(run_dir.glob(".metrics.jsonl.*"))
     steps = [json.loads(line)["step"] for line in
              (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))
@@ -120,8 +124,12 @@ def test_every_checkpoint_damaged_is_one_line(tiny_model_dir, pairs_file, tmp_pa
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     result = runner.invoke(app, ["train", str(path), "--resume"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "rng.safetensors: checksum mismatch" in result.output
-    assert "no intact checkpoint is left" in result.output
+    warning, error = result.output.strip().splitlines()  # one line each
+    assert warning.startswith("warning: ") and "step-8/rng.safetensors: checksum mismatch" \
+        in warning and warning.endswith("resuming from step-4 instead")
+    assert error.startswith("error: ") and "step-4/rng.safetensors: checksum mismatch" in error
+    assert error.endswith("no intact checkpoint is left to resume from (start again with "
+                          "--overwrite)")
 
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tiny_model_dir, pairs_file, tmp_path,

@@ -82,15 +82,33 @@ def print_json(obj: Any) -> None:
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a command body so that ContralignError exits with code 2 and one line."""
+    """Mark a command body so that ContralignError exits with code 2 and one line, and each
+    warning is one line too."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with user_errors():
+        with user_errors(), one_line_warnings():
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Show each warning as ``warning: message`` on stderr (Python's own format, with the file,
+    line and source, under ``--verbose``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        if not VERBOSE["on"]:
+            warnings.showwarning = _show_warning
+        yield
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_columns(spec: str | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -98,6 +99,24 @@ def swap_in(new: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, path)
+
+
+# The names tempfile gives the temporaries above: ".<name>.<8 random characters>.tmp|.old".
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files and folders that a kill left in ``folder`` — a folder of
+    contralign's own (a run directory, its checkpoints): only names ``atomic_file`` and
+    ``atomic_directory`` make."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if _TEMPORARY.match(child.name):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def _settle(folder: Path) -> None:

@@ -45,9 +45,10 @@ class PairRecord(Protocol):
     def score(self) -> float | None: ...
 
 
-def read_pairs(config: DataConfig, *, scored: bool = False,
-               rejects_dir: Path | None = None) -> list[Record]:
-    """Read an evaluation file of pairs (with scores when ``scored``), checked where it enters.
+def read_pairs(config: DataConfig, *, scored: bool = False, rejects_dir: Path | None = None,
+               key: str = "eval") -> list[Record]:
+    """Read an evaluation file of pairs (with scores when ``scored``), checked where it enters;
+    ``key`` is where ``config`` sits in the user's config (``eval.sts``), for messages.
 
     Raises:
         DataError: the file maps no positive (or score) column; for scored pairs, fewer than
@@ -55,7 +56,7 @@ def read_pairs(config: DataConfig, *, scored: bool = False,
     """
     from contralign.data import load_records  # torch, for batching: not at import time
 
-    records = load_records(config, rejects_dir)
+    records = load_records(config, rejects_dir, key=key)
     needed = ("positive", "score") if scored else ("positive",)
     for role in needed:
         if role not in records.roles:

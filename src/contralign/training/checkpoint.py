@@ -29,7 +29,6 @@ from contralign.core.io import atomic_directory, damaged_files, folder_checksums
 from contralign.core.outputs import CHECKPOINT
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_STALE = re.compile(r"^\.step-\d+\..*\.(tmp|old)$")
 _TENSOR_FILES = ("task.safetensors", "optimizer.safetensors", "rng.safetensors")
 
 
@@ -117,16 +116,6 @@ def load_latest(
             warnings.warn(f"{err}; resuming from {newest_first[position + 1].name} instead",
                           stacklevel=2)
     return None
-
-
-def remove_stale_tmp(checkpoints_dir: Path) -> None:
-    """Remove the temporary folders a kill left in ``checkpoints_dir`` (``.step-N.*.tmp`` and
-    ``.step-N.*.old``: names only ``save_checkpoint`` makes, in a folder that is ours)."""
-    if not checkpoints_dir.is_dir():
-        return
-    for child in checkpoints_dir.iterdir():
-        if _STALE.match(child.name) and child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
 
 
 def _verified_meta(folder: Path) -> dict[str, Any]:

@@ -27,10 +27,10 @@ class DevSets:
         """Read the dev sets; skipped records go to ``rejects_dir`` (the run directory)."""
         evaluators: list[Any] = []
         if config.sts is not None:
-            records = read_pairs(config.sts, scored=True, rejects_dir=rejects_dir)
+            records = read_pairs(config.sts, scored=True, rejects_dir=rejects_dir, key="eval.sts")
             evaluators.append(sts_from_records(records, batch_size=config.batch_size))
         if config.retrieval is not None:
-            records = read_pairs(config.retrieval, rejects_dir=rejects_dir)
+            records = read_pairs(config.retrieval, rejects_dir=rejects_dir, key="eval.retrieval")
             evaluators += [retrieval_from_records(records, batch_size=config.batch_size),
                            geometry_from_records(records, batch_size=config.batch_size)]
         return cls(evaluators)

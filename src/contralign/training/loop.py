@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from contralign.core.config import describe_validation_error, load_config
 from contralign.core.dist import barrier, is_main_process, world_size
 from contralign.core.errors import ConfigError
+from contralign.core.io import remove_temporaries
 from contralign.data import PairBatcher, Record, RecordSet, collate, load_records
 from contralign.encoders.loading import Tower, load_tower
 from contralign.encoders.text import TextEncoder
@@ -31,7 +32,6 @@ from contralign.training.checkpoint import (
     list_checkpoints,
     load_latest,
     prune_checkpoints,
-    remove_stale_tmp,
     save_checkpoint,
 )
 from contralign.training.config import TrainConfig
@@ -234,8 +234,9 @@ def _restore(
     if run.mode != "resume":
         return TrainState()
     checkpoints = run.path / "checkpoints"
-    if run.writer:
-        remove_stale_tmp(checkpoints)
+    if run.writer:  # what a kill left half-written: ours, and never used
+        remove_temporaries(run.path)
+        remove_temporaries(checkpoints)
     check_same_data(run, records, config.data.path)
     check_not_finished(run, steps, bool(list_checkpoints(checkpoints)))
     state = load_latest(checkpoints, task, optimizer, scheduler) or TrainState()
