@@ -237,5 +237,34 @@ def test_one_writer_per_folder(tmp_path):
 
 def test_atomic_write_of_a_path_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ContralignError, match="cannot write here"):
+    with pytest.raises(ContralignError, match="output: cannot create .*file"):
         atomic_write_text(tmp_path / "file" / "out.txt", "y")
+
+
+def _writing(command: str, model: Path, data: Path, output: Path) -> list[str]:
+    """The arguments of ``command`` writing to ``output``."""
+    match command:
+        case "train":
+            return ["train", str(write_config(output.parent.parent / f"{output.name}.yaml",
+                                              model, data, output))]
+        case "index":
+            return ["index", str(model), str(data), "--column", "query", "-o", str(output)]
+    return ["encode", str(model), str(data), "--column", "query", "-o", f"{output}.npy"]
+
+
+@pytest.mark.parametrize("command", ["train", "index", "encode"])
+def test_an_output_path_that_cannot_be_made_is_one_line(tiny_model_dir, pairs_file, tmp_path,
+                                                        monkeypatch, command):
+    """Under a file, or refused by the OS (simulated: the tests run as root)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    args = _writing(command, tiny_model_dir, pairs_file, blocker / "out")
+    assert "cannot create" in one_line_error(runner.invoke(app, args))
+    assert blocker.read_text() == "mine"
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    args = _writing(command, tiny_model_dir, pairs_file, tmp_path / "new" / "out")
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert "Permission denied" in one_line_error(runner.invoke(app, args))

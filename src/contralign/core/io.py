@@ -17,7 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from contralign.core.outputs import OutputError, OutputKind, check_replaceable, follow_umask
+from contralign.core.outputs import (
+    OutputError,
+    OutputKind,
+    check_replaceable,
+    follow_umask,
+    make_parent,
+)
 
 
 @contextmanager
@@ -29,11 +35,11 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
         Whatever the body raises; the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    make_parent(path, "output")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise OutputError(f"{path}: cannot write here ({err.strerror})") from None
+        raise OutputError(f"output: {path}: cannot write here ({err.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -75,8 +81,11 @@ def atomic_directory(path: str | Path, kind: OutputKind) -> Iterator[Path]:
     """
     path = Path(path)
     check_replaceable(path, kind, "output", replace=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    make_parent(path, "output")
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise OutputError(f"output: {path}: cannot write here ({err.strerror})") from None
     try:
         follow_umask(tmp, folder=True)
         yield tmp

@@ -148,6 +148,19 @@ def check_output_file(path: Path, key: str, *, inputs: Iterable[str | Path],
             raise OutputError(f"{key}: {path} is an input of this command; choose another path")
 
 
+def make_parent(path: Path, key: str) -> None:
+    """Create the folders above ``path``.
+
+    Raises:
+        OutputError: one cannot be made (a file in the way, no permission), naming it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{key}: cannot create {err.filename or path.parent} ({err.strerror})"
+                          ) from None
+
+
 def umask() -> int:
     """The process's file-creation mask (read without changing it for long)."""
     mask = os.umask(0o022)
@@ -170,7 +183,10 @@ def hold_lock(folder: Path, key: str) -> Iterator[None]:
         OutputError: another process holds the lock (named by its process id when known).
     """
     path = folder / ".lock"
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the body)
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  (held for the body)
+    except OSError as err:
+        raise OutputError(f"{key}: cannot write in {folder} ({err.strerror})") from None
     try:
         if not _try_lock(handle):
             handle.seek(0)

@@ -46,6 +46,7 @@ from contralign.core.outputs import (
     check_output_folder,
     hold_lock,
     is_owned,
+    make_parent,
     read_manifest,
 )
 from contralign.data import Record
@@ -327,12 +328,14 @@ def _make_staging(run: RunDir) -> None:
         with hold_lock(staging, "output_dir"):  # refuses one that a live run holds
             pass
         shutil.rmtree(staging)
-    staging.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(staging, "output_dir")
     try:
         staging.mkdir()
     except FileExistsError:
         raise OutputError(f"output_dir: {run.target} is being started by another contralign "
                           "process; wait for it, or choose another output_dir") from None
+    except OSError as err:
+        raise OutputError(f"output_dir: cannot create {staging} ({err.strerror})") from None
     from contralign import __version__
 
     atomic_write_json(staging / RUN.manifest, {
