@@ -65,3 +65,12 @@ def pairs_file(tmp_path: Path) -> Path:
     path.write_text("".join(json.dumps({"query": q, "doc": d}) + "\n" for q, d in PAIRS),
                     encoding="utf-8")
     return path
+
+
+def one_line_error(result, exit_code: int = 2) -> str:
+    """The one line a CLI ``result`` printed for a user mistake (exit code 2, no traceback)."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]

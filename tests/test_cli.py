@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tests.conftest import one_line_error
 from typer.testing import CliRunner
 
 from contralign.cli.app import app
@@ -33,12 +34,6 @@ def _config_file(tmp_path: Path, model: Path, data: Path, **extra: object) -> Pa
     return path
 
 
-def _one_line_error(result, exit_code: int = 2) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +50,7 @@ def test_bad_records(tiny_model_dir, tmp_path, content, expected):
     data = tmp_path / "pairs.jsonl"
     data.write_text(content)
     result = runner.invoke(app, ["train", str(_config_file(tmp_path, tiny_model_dir, data))])
-    assert _one_line_error(result) == pytest.approx(result.output.strip())
+    assert one_line_error(result) == pytest.approx(result.output.strip())
     import re
 
     assert re.search(expected, result.output), result.output
@@ -65,7 +60,7 @@ def test_misnamed_column_names_the_column(tiny_model_dir, tmp_path):
     data = tmp_path / "pairs.tsv"
     data.write_text("question\tdoc\nwhat\tthat\n")
     result = runner.invoke(app, ["train", str(_config_file(tmp_path, tiny_model_dir, data))])
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "pairs.tsv:1: query: no such column" in line and "question" in line
 
 
@@ -73,29 +68,29 @@ def test_score_not_a_number(tmp_path):
     sts = tmp_path / "sts.tsv"
     sts.write_text("sentence1\tsentence2\tscore\na\tb\t3.5\nc\td\tabc\n")
     result = runner.invoke(app, ["eval", "no-such-model-needed", "--sts", str(sts)])
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "sts.tsv:3: score: not a number: 'abc'" in line
 
 
 def test_unknown_config_key(tiny_model_dir, pairs_file, tmp_path):
     path = _config_file(tmp_path, tiny_model_dir, pairs_file, train__batch_sise=8)
-    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    line = one_line_error(runner.invoke(app, ["train", str(path)]))
     assert line.endswith("config.yaml: train.batch_sise: unknown key")
 
 
 def test_bad_value_for_known_key(tiny_model_dir, pairs_file, tmp_path):
     path = _config_file(tmp_path, tiny_model_dir, pairs_file)
-    line = _one_line_error(runner.invoke(app, ["train", str(path), "--set", "optim.lr=fast"]))
+    line = one_line_error(runner.invoke(app, ["train", str(path), "--set", "optim.lr=fast"]))
     assert "config.yaml: optim.lr:" in line and "fast" in line
-    line = _one_line_error(runner.invoke(app, ["train", str(path), "--set", "model.pooling=avg"]))
+    line = one_line_error(runner.invoke(app, ["train", str(path), "--set", "model.pooling=avg"]))
     assert "model.pooling" in line and "avg" in line
 
 
 def test_missing_model_path(pairs_file, tmp_path):
     path = _config_file(tmp_path, tmp_path / "nowhere" / "model", pairs_file)
-    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    line = one_line_error(runner.invoke(app, ["train", str(path)]))
     assert "nowhere/model: no such folder" in line
-    line = _one_line_error(runner.invoke(app, ["encode", "./missing-model", str(pairs_file),
+    line = one_line_error(runner.invoke(app, ["encode", "./missing-model", str(pairs_file),
                                                "--column", "query", "-o", str(tmp_path / "x.npy")]))
     assert "missing-model: no such folder" in line
 
@@ -152,7 +147,7 @@ def test_search_refuses_another_model(tiny_model_dir, pairs_file, tmp_path):
     other = TextEncoder.from_pretrained(str(tiny_model_dir), pooling="cls")
     other.save(tmp_path / "other")
     result = runner.invoke(app, ["search", str(index), "hello", "--model", str(tmp_path / "other")])
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert "fingerprint" in line
 
 
@@ -174,6 +169,6 @@ def test_a_batch_the_objective_cannot_score_is_one_line(tiny_model_dir, pairs_fi
     """whitened_cse cannot whiten a group wider than the batch: a setting, not a crash."""
     path = _config_file(tmp_path, tiny_model_dir, pairs_file,
                         objective={"name": "whitened_cse", "groups": 1})
-    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    line = one_line_error(runner.invoke(app, ["train", str(path)]))
     assert line.startswith("error: group_whiten: a batch of 4 rows")
     assert "raise objective.groups or train.batch_size" in line

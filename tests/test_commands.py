@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tests.conftest import one_line_error
 from typer.testing import CliRunner
 
 import contralign
@@ -18,12 +19,6 @@ runner = CliRunner()
 COLUMNS = {"anchor": "query", "positive": "doc"}
 
 
-def one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def ok(result) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
+from tests.conftest import one_line_error
 from typer.testing import CliRunner
 
 from contralign.cli.app import app
@@ -33,12 +34,6 @@ def _write(tmp_path: Path, config: dict[str, Any] | str, name: str = "c.yaml") -
     return path
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 # --- YAML numbers -----------------------------------------------------------------------------
@@ -108,7 +103,7 @@ def test_set_value_that_is_not_yaml_names_the_item(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("--set optim.lr=[1,: ") + ".*not valid YAML"):
         load_config(TrainConfig, path, ["optim.lr=[1,"])
     result = runner.invoke(app, ["train", str(path), "--set", "optim.betas=[0.9, 0.99"])
-    assert "--set optim.betas=[0.9, 0.99: " in _one_line_error(result)
+    assert "--set optim.betas=[0.9, 0.99: " in one_line_error(result)
 
 
 def test_config_that_is_not_utf8_names_the_file_and_line(tmp_path):
@@ -116,7 +111,7 @@ def test_config_that_is_not_utf8_names_the_file_and_line(tmp_path):
     path.write_bytes("data:\n  path: caf\xe9.jsonl\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.yaml:2: not UTF-8 text \(byte 0xe9"):
         load_config(TrainConfig, path)
-    assert "latin1.yaml:2: not UTF-8" in _one_line_error(runner.invoke(app, ["train", str(path)]))
+    assert "latin1.yaml:2: not UTF-8" in one_line_error(runner.invoke(app, ["train", str(path)]))
 
 
 def test_config_that_is_a_folder_names_it(tmp_path):
@@ -124,7 +119,7 @@ def test_config_that_is_a_folder_names_it(tmp_path):
     folder.mkdir()
     with pytest.raises(ConfigError, match="configs: is a folder, not a config file"):
         load_config(TrainConfig, folder)
-    line = _one_line_error(runner.invoke(app, ["train", str(folder)]))
+    line = one_line_error(runner.invoke(app, ["train", str(folder)]))
     assert line.endswith("configs: is a folder, not a config file")
 
 
@@ -140,7 +135,7 @@ def test_config_that_cannot_be_read_names_it(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(ConfigError, match="locked.yaml: permission denied"):
         load_config(TrainConfig, path)
-    assert "locked.yaml: permission denied" in _one_line_error(
+    assert "locked.yaml: permission denied" in one_line_error(
         runner.invoke(app, ["train", str(path)]))
 
 
@@ -152,7 +147,7 @@ def test_temperature_must_be_finite_and_positive(tmp_path, bad):
     path = _write(tmp_path, {"data": {"path": "x.jsonl"}})
     with pytest.raises(ConfigError, match=r"c.yaml: objective.temperature: "):
         load_config(TrainConfig, path, [f"objective.temperature={bad}"])
-    line = _one_line_error(runner.invoke(app, ["train", str(path), "--set",
+    line = one_line_error(runner.invoke(app, ["train", str(path), "--set",
                                                f"objective.temperature={bad}"]))
     assert "c.yaml: objective.temperature: " in line
 
@@ -186,7 +181,7 @@ def test_max_length_beyond_the_model_positions(tiny_model_dir, tmp_path):
     data.write_text('{"anchor": "a", "positive": "b"}\n' * 4, encoding="utf-8")
     path = _write(tmp_path, {"data": {"path": str(data)}, "output_dir": str(tmp_path / "run"),
                              "model": {"name": str(tiny_model_dir), "max_length": 1000}})
-    line = _one_line_error(runner.invoke(app, ["train", str(path)]))
+    line = one_line_error(runner.invoke(app, ["train", str(path)]))
     assert line == f"error: model.max_length: 1000 exceeds the 128 positions of {tiny_model_dir}"
 
 

@@ -112,31 +112,20 @@ def test_kill_at_random_moments(tiny_model_dir, reference, tmp_path, seed):
     resume_and_compare(config, run_dir, full)
 
 
-def test_kill_during_a_checkpoint_write(tiny_model_dir, reference, tmp_path):
+@pytest.mark.parametrize("writing", ["checkpoints/.step-*.tmp", ".model.*.tmp"],
+                         ids=["during-a-checkpoint-write", "during-the-final-model-write"])
+def test_kill_during_a_write(tiny_model_dir, reference, tmp_path, writing):
+    """Killed while a checkpoint, or the final model, is half-written (its temporary folder is
+    there): tried up to 5 times, since the write takes milliseconds."""
     data, full, _ = reference
     run_dir = tmp_path / "run"
     config = write_config(tiny_model_dir, data, run_dir)
     for _ in range(5):
-        killed = kill_when(config, lambda: any(run_dir.glob("checkpoints/.step-*.tmp")))
-        if killed and any(run_dir.glob("checkpoints/.step-*.tmp")):
+        if kill_when(config, lambda: any(run_dir.glob(writing))) and any(run_dir.glob(writing)):
             break
         shutil.rmtree(run_dir, ignore_errors=True)
     else:
-        pytest.fail("never caught a checkpoint write in 5 runs")
-    resume_and_compare(config, run_dir, full)
-
-
-def test_kill_during_the_final_model_write(tiny_model_dir, reference, tmp_path):
-    data, full, _ = reference
-    run_dir = tmp_path / "run"
-    config = write_config(tiny_model_dir, data, run_dir)
-    for _ in range(5):
-        killed = kill_when(config, lambda: any(run_dir.glob(".model.*.tmp")))
-        if killed and not (run_dir / "model").exists():
-            break
-        shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        pytest.fail("never caught the final model write in 5 runs")
+        pytest.fail(f"never caught {writing} in 5 runs")
     resume_and_compare(config, run_dir, full)
 
 
