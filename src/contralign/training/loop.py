@@ -22,7 +22,14 @@ from contralign.core.config import describe_validation_error, load_config
 from contralign.core.dist import barrier, is_main_process, world_size
 from contralign.core.errors import ConfigError
 from contralign.core.io import remove_temporaries
-from contralign.data import PairBatcher, Record, RecordSet, collate, load_records
+from contralign.data import (
+    PairBatcher,
+    Record,
+    RecordSet,
+    collate,
+    load_records,
+    rejects_path_for,
+)
 from contralign.encoders.loading import Tower, load_tower
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
@@ -190,8 +197,11 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
          encoder: Tower | None) -> RunResult:
     main = run.writer
     seed_everything(config.train.seed)
-    # Every rank reads the records; only rank 0 writes the rejects file.
-    data = config.data if main else config.data.model_copy(update={"rejects": os.devnull})
+    # Every rank reads the records; only rank 0 of a new run writes the rejects file (a resumed
+    # run's was written when it started, from the same data: checked in _restore).
+    writes_rejects = main and run.mode != "resume"
+    data = config.data if writes_rejects else config.data.model_copy(
+        update={"rejects": os.devnull})
     records = load_records(data, rejects_dir=run.path)
     dev = DevSets.from_config(config.eval, rejects_dir=run.path) if main else DevSets()
     encoder = encoder if encoder is not None else build_encoder(config)
@@ -220,9 +230,9 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
                      extra={"training": _training_fingerprint(config, records, state)})
     run.finish(state.step)
     barrier()  # when fit returns on any rank, the model folder is complete
+    rejects = rejects_path_for(config.data, run.path) if main and records.skipped else None
     return RunResult(run.path, run.path / "model", state.step, metrics, records.skipped,
-                     run.relocate(records.rejects_path) if main else None, seconds,
-                     pairs / seconds if seconds else 0.0)
+                     rejects, seconds, pairs / seconds if seconds else 0.0)
 
 
 def _restore(

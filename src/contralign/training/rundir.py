@@ -57,10 +57,11 @@ RUN_FORMAT = 1
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 # Keys a resumed run may change: how long it trains (extend it), how often it logs, evaluates
-# and checkpoints, and where skipped records go. Anything else would make the resumed run a
-# different run from the one its checkpoints belong to.
+# and checkpoints, and its CPU threads. Anything else would make the resumed run a different run
+# from the one its checkpoints belong to. (output_dir: the same folder, perhaps spelled another
+# way.)
 RESUMABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.threads", "eval", "data.rejects", "output_dir")
+                  "train.keep_checkpoints", "train.threads", "eval", "output_dir")
 
 
 @dataclass
@@ -132,13 +133,6 @@ class RunDir:
                                   f"beside it; the new run is in {self.path}")
             swap_in(self.path, self.target)
             self.path = self.target
-
-    def relocate(self, path: Path | None) -> Path | None:
-        """``path`` (inside the staging folder when it was written) where it is now."""
-        staging = self.target.with_name(_staging_name(self.target))
-        if path is None or not path.is_relative_to(staging):
-            return path
-        return self.path / path.relative_to(staging)
 
 
 def open_run(config: TrainConfig, *, resume: bool, overwrite: bool, writer: bool,
