@@ -4,6 +4,7 @@ and a killed 2-process run resumes exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -180,6 +181,21 @@ def _write_config(model: Path, data: Path, out: Path, **train: Any) -> Path:
     return path
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: children of children too)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])  # fields: state, ppid, ...
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def _torchrun(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
@@ -239,7 +255,11 @@ def test_torchrun_killed_run_resumes_exactly(tiny_model_dir, pairs_file, tmp_pat
     deadline = time.time() + 300
     while time.time() < deadline and not any(checkpoints.glob("step-*/state.json")):
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers: the group we started
+    # torchrun starts each worker in a session of its own (start_new_session), so killing
+    # torchrun's group would leave the workers training on: kill every process of the tree.
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "model").exists(), "the run finished before the kill"
     resumed = subprocess.run(_torchrun(killed, "--resume"), env=ENV, capture_output=True,
