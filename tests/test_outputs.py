@@ -263,3 +263,30 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tiny_model_dir, pairs_fi
     args = _writing(command, tiny_model_dir, pairs_file, tmp_path / "new" / "out")
     monkeypatch.setattr(Path, "mkdir", refuse)
     assert "Permission denied" in one_line_error(runner.invoke(app, args))
+
+
+def test_a_run_dir_replaced_by_the_user_during_an_overwrite_is_left_alone(
+        tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    """The user moved the old run away and put a folder of theirs there while the new run
+    trained: the finished run stays in .run.partial, their folder is untouched."""
+    import shutil
+
+    import contralign.training.loop as loop
+
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", tiny_model_dir, pairs_file, run_dir)
+    assert runner.invoke(app, ["train", str(config)]).exit_code == 0
+    real = loop._after_step
+
+    def users_folder_appears(task, losses, config, state, *args):
+        real(task, losses, config, state, *args)
+        if state.step == 1:
+            shutil.rmtree(run_dir)
+            run_dir.mkdir()
+            (run_dir / "mine.txt").write_text("mine")
+
+    monkeypatch.setattr(loop, "_after_step", users_folder_appears)
+    line = one_line_error(runner.invoke(app, ["train", str(config), "--overwrite", "--json"]))
+    assert "changed while the run trained beside it; the new run is in" in line
+    assert snapshot(run_dir) == {"mine.txt": b"mine"}
+    assert (tmp_path / ".run.partial" / "model" / "model.safetensors").is_file()

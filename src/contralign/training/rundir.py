@@ -80,7 +80,7 @@ class RunDir:
     path: Path
     mode: Mode
     writer: bool
-    started: bool = False
+    keep_staging: bool = False  # a finished run that could not be swapped in stays there
     locks: ExitStack = field(default_factory=ExitStack)
 
     @property
@@ -95,14 +95,13 @@ class RunDir:
             with self.locks:
                 yield self
         except BaseException:
-            if self.writer and self.path != self.target and self.path.exists():
+            if self.writer and self.path != self.target and not self.keep_staging:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
 
     def start(self, config: TrainConfig, records: Sequence[Record]) -> None:
         """The point of no return, once config, data and model are validated: write
         ``config.yaml``, record the data's fingerprint, and put a fresh run in place."""
-        self.started = True
         if not self.writer:
             if self.mode == "fresh":
                 self.path = self.target
@@ -117,8 +116,9 @@ class RunDir:
             try:  # the target is absent or an empty folder: one rename, which a file refuses
                 os.replace(self.path, self.target)
             except OSError as err:
-                raise OutputError(f"output_dir: {self.target} was filled while the run started "
-                                  f"({err.strerror}); the run is in {self.path}") from None
+                raise OutputError(f"output_dir: {self.target} was filled by something else while "
+                                  f"the run started ({err.strerror}); choose another output_dir"
+                                  ) from None
             self.path = self.target
 
     def finish(self, step: int) -> None:
@@ -129,6 +129,7 @@ class RunDir:
         atomic_write_json(self.path / RUN.manifest, {**self.manifest, "finished_step": step})
         if self.mode == "overwrite":
             if not is_owned(self.target, RUN) and self.target.exists():
+                self.keep_staging = True
                 raise OutputError(f"output_dir: {self.target} changed while the run trained "
                                   f"beside it; the new run is in {self.path}")
             swap_in(self.path, self.target)
