@@ -157,14 +157,14 @@ def test_temperature_must_be_finite_and_positive(tmp_path, bad):
                                             ("[0.9, .nan]", "optim.betas.1")])
 def test_adam_betas_must_be_in_0_1(tmp_path, betas, key):
     path = _write(tmp_path, {"data": {"path": "x.jsonl"}})
-    with pytest.raises(ConfigError, match=rf"c.yaml: {re.escape(key)}: "):
+    with pytest.raises(ConfigError, match=rf"^--set: {re.escape(key)}: "):
         load_config(TrainConfig, path, [f"optim.betas={betas}"])
     assert load_config(TrainConfig, path, ["optim.betas=[0, 0.99]"]).optim.betas == (0, 0.99)
 
 
 def test_max_length_has_a_config_level_bound(tmp_path):
     path = _write(tmp_path, {"data": {"path": "x.jsonl"}})
-    with pytest.raises(ConfigError, match=r"c.yaml: model.max_length: .*131072"):
+    with pytest.raises(ConfigError, match=r"^--set: model.max_length: .*131072"):
         load_config(TrainConfig, path, ["model.max_length=1e9"])
     assert load_config(TrainConfig, path, ["model.max_length=8192"]).model.max_length == 8192
 
@@ -356,3 +356,9 @@ def test_example_config_values_are_the_defaults(monkeypatch):
         if _value_at(loaded, key) != expected:
             differ.append(f"{key}: shows {_value_at(loaded, key)!r}, default {expected!r}")
     assert not differ, differ
+
+
+def test_a_bad_value_from_the_file_names_the_file(tmp_path):
+    path = _write(tmp_path, {"data": {"path": "x.jsonl"}, "train": {"batch_size": "many"}})
+    with pytest.raises(ConfigError, match=r"c.yaml: train.batch_size: "):
+        load_config(TrainConfig, path, ["optim.lr=1e-4"])  # another key set on the command line

@@ -151,9 +151,14 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: expected a mapping of keys at the top level")
         data = loaded or {}
-    for key, value in parse_overrides(overrides or []):
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
         set_dotted(data, key, value)
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, source)) from None
+        # A bad value given with --set is the --set item's fault, not the file's.
+        loc = ".".join(str(part) for part in err.errors()[0]["loc"])
+        overridden = [key for key, _ in parsed if loc == key or loc.startswith(key + ".")]
+        where = "--set" if overridden else source
+        raise ConfigError(describe_validation_error(err, where)) from None
