@@ -159,7 +159,7 @@ def test_a_recipe_with_data_and_a_tiled_objective(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--set", "train.batch_sise=8"], "c.yaml: train.batch_sise: unknown key"),
+    [(["--set", "train.batch_sise=8"], "--set: train.batch_sise: unknown key"),
      (["--paths", "cached,sharded"], "--paths: unknown path 'sharded'"),
      (["--steps", "0"], "--steps: must be at least 1, got 0")],
     ids=["unknown-key", "unknown-path", "no-steps"],
