@@ -81,7 +81,7 @@ def test_left_padding_tokenizers_keep_one_pass(tiny_model_dir, monkeypatch):
     encoder.tokens_per_group = 8
     monkeypatch.setattr(encoder.tokenizer, "padding_side", "left")
     calls = []
-    monkeypatch.setattr(encoder, "_embed", lambda batch: calls.append(batch) or
+    monkeypatch.setattr(encoder, "_pooled", lambda batch: calls.append(batch) or
                         torch.zeros(len(batch["input_ids"]), encoder.dim))
     encoder(encoder.preprocess(TEXTS))
     assert len(calls) == 1

@@ -119,6 +119,15 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
     return config, has_head and "Dense" in types
 
 
+def read_stored_fingerprint(folder: Path) -> str | None:
+    """The fingerprint ``contralign.json`` recorded when the folder was saved (None without)."""
+    path = folder / CONTRALIGN_FILE
+    if not path.is_file():
+        return None
+    value = read_json(path).get("fingerprint")
+    return value if isinstance(value, str) else None
+
+
 def load_head(folder: Path) -> torch.nn.Linear:
     """Load a ``2_Dense`` projection head (safetensors only)."""
     config = read_json(folder / "2_Dense" / "config.json")

@@ -45,9 +45,11 @@ from torch import Tensor, nn
 from contralign.core.errors import ModelNotFoundError
 from contralign.core.io import atomic_directory
 from contralign.core.outputs import MODEL
+from contralign.core.towers import StoredFingerprint
 from contralign.encoders.folder import (
     CONTRALIGN_FILE,
     read_json,
+    read_stored_fingerprint,
     weights_fingerprint,
     write_json,
 )
@@ -147,8 +149,22 @@ STATIC_VECTORS: dict[str, StaticVectors] = {
 }
 
 
+@dataclass(frozen=True)
+class StaticPreprocessor:
+    """Texts -> ``input_ids`` and ``attention_mask``, both ``(B, T)`` int64, right-padded, no
+    special tokens. Picklable (DataLoader workers)."""
+
+    tokenizer: Tokenizer
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        return _pad([encoding.ids for encoding in _tokenize(self.tokenizer, texts)])
+
+
 class StaticEncoder(nn.Module):
     """A static text tower: tokenizer + token-embedding table + mean pooling (+ L2 normalisation).
+
+    The ``core.towers.Tower`` of kind ``static``: ``features`` is the mean of the tokens'
+    vectors, ``project`` the normalisation (a static tower has no head).
 
     Equal to sentence-transformers' ``StaticEmbedding`` (+ ``Normalize``): special tokens are
     not added, and a text without tokens embeds as zeros.
@@ -195,6 +211,11 @@ class StaticEncoder(nn.Module):
             self.embedding = nn.EmbeddingBag(vocab_size, dim, mode="mean")
         else:
             raise ValueError("StaticEncoder needs weights or dim")
+        self.preprocessor = StaticPreprocessor(self.tokenizer)
+        self.stored_fingerprint = StoredFingerprint()
+
+    kind = STATIC_TOWER
+    modality = "text"
 
     @property
     def dim(self) -> int:
@@ -247,8 +268,11 @@ class StaticEncoder(nn.Module):
                 f"model: {name_or_path}: not a local static-embedding folder nor pretrained "
                 f"vectors ({', '.join(sorted(STATIC_VECTORS))})")
         tokenizer, weights, config = read_static_folder(folder)
-        return cls(tokenizer, weights, config=_with_overrides(config, overrides),
-                   source=str(name_or_path))
+        encoder = cls(tokenizer, weights, config=_with_overrides(config, overrides),
+                      source=str(name_or_path))
+        if not overrides:
+            encoder.stored_fingerprint.set(encoder, read_stored_fingerprint(folder))
+        return encoder
 
     @classmethod
     def load(cls, path: str | Path) -> StaticEncoder:
@@ -259,31 +283,35 @@ class StaticEncoder(nn.Module):
     def preprocess(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenize without special tokens and right-pad: ``input_ids`` and ``attention_mask``,
         both ``(B, T)`` int64, so a batch slices along its first dimension like a text tower's."""
-        return _pad([encoding.ids for encoding in self._tokenize(texts)])
+        return self.preprocessor(texts)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Embed a batch: ``(B, D)``.
+        """Embed a batch: ``(B, D)``."""
+        return self.project(self.features(batch))
+
+    def features(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, D)``: the mean of each text's token vectors (zeros for a text without tokens).
 
         Takes the padded batch of :meth:`preprocess`, or the flat one of sentence-transformers'
         ``StaticEmbedding.preprocess`` (``input_ids`` ``(N,)`` and ``offsets`` ``(B,)``).
         """
         if "offsets" in batch:
-            pooled = self.embedding(batch["input_ids"], batch["offsets"])  # (B, D)
-        else:
-            # Only the real tokens, as one flat run with an offset per text: padding would cost
-            # a lookup and a gradient row each (a batch padded to its longest text is mostly
-            # padding), for a zero weight.
-            mask = batch["attention_mask"].bool()  # (B, T)
-            lengths = mask.sum(dim=1)  # (B,)
-            offsets = lengths.cumsum(dim=0) - lengths  # (B,) start of each text in the run
-            # 1/length on each token, so a weighted sum is the mean (an empty text pools to 0).
-            share = (1.0 / lengths.clamp(min=1).to(self.embedding.weight.dtype)
-                     ).repeat_interleave(lengths)  # (N,)
-            pooled = F.embedding_bag(batch["input_ids"][mask], self.embedding.weight, offsets,
-                                     mode="sum", per_sample_weights=share)  # (B, D)
-        if self.config.normalize:
-            pooled = F.normalize(pooled, p=2, dim=-1)
-        return pooled
+            return self.embedding(batch["input_ids"], batch["offsets"])  # (B, D)
+        # Only the real tokens, as one flat run with an offset per text: padding would cost a
+        # lookup and a gradient row each (a batch padded to its longest text is mostly
+        # padding), for a zero weight.
+        mask = batch["attention_mask"].bool()  # (B, T)
+        lengths = mask.sum(dim=1)  # (B,)
+        offsets = lengths.cumsum(dim=0) - lengths  # (B,) start of each text in the run
+        # 1/length on each token, so a weighted sum is the mean (an empty text pools to 0).
+        share = (1.0 / lengths.clamp(min=1).to(self.embedding.weight.dtype)
+                 ).repeat_interleave(lengths)  # (N,)
+        return F.embedding_bag(batch["input_ids"][mask], self.embedding.weight, offsets,
+                               mode="sum", per_sample_weights=share)  # (B, D)
+
+    def project(self, features: Tensor) -> Tensor:
+        """``(B, D)``: ``features``, L2-normalised when the tower normalises."""
+        return F.normalize(features, p=2, dim=-1) if self.config.normalize else features
 
     # --- inference ------------------------------------------------------------------------
 
@@ -314,7 +342,11 @@ class StaticEncoder(nn.Module):
     # --- persistence ----------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash of the table, the tokenizer and the settings: equal fingerprints embed alike."""
+        """A hash of the table, the tokenizer and the settings: equal fingerprints embed alike.
+        Read from ``contralign.json`` at load; computed again only after the weights changed."""
+        return self.stored_fingerprint.get(self, self._compute_fingerprint)
+
+    def _compute_fingerprint(self) -> str:
         table = weights_fingerprint({"embedding.weight": self.embedding.weight})
         settings = json.dumps(dataclasses.asdict(self.config), sort_keys=True)
         rest = hashlib.sha256(self.tokenizer.to_str().encode() + settings.encode())
@@ -344,9 +376,13 @@ class StaticEncoder(nn.Module):
                 "fingerprint": self.fingerprint(), **(extra or {})})
 
     def _tokenize(self, texts: Iterable[str]) -> list[Any]:
-        # encode_batch_fast (tokenizers >= 0.20) skips character offsets: the same ids, faster.
-        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        return encode(list(texts), add_special_tokens=False)
+        return _tokenize(self.tokenizer, texts)
+
+
+def _tokenize(tokenizer: Tokenizer, texts: Iterable[str]) -> list[Any]:
+    # encode_batch_fast (tokenizers >= 0.20) skips character offsets: the same ids, faster.
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return encode(list(texts), add_special_tokens=False)
 
 
 # --- folders and names ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from torch import Tensor, nn
 from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.io import atomic_directory
 from contralign.core.outputs import MODEL
+from contralign.core.towers import StoredFingerprint
 from contralign.encoders.folder import (
     TextEncoderConfig,
     load_head,
     read_folder_config,
+    read_stored_fingerprint,
     weights_fingerprint,
     write_contralign_file,
     write_st_layout,
@@ -32,8 +35,24 @@ from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolv
 PROGRESS_THRESHOLD = 1000
 
 
+@dataclass(frozen=True)
+class TextPreprocessor:
+    """Texts -> ``input_ids``, ``attention_mask`` (and the model's other inputs) ``(B, T)``:
+    padded to the longest, truncated to ``max_length``. Picklable (DataLoader workers)."""
+
+    tokenizer: Any
+    max_length: int
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+
 class TextEncoder(nn.Module):
     """A text tower: tokenizer + transformers model + pooling (+ head) (+ L2 normalisation).
+
+    The ``core.towers.Tower`` of kind ``text``: ``features`` is the pooled output of the model,
+    ``project`` the head and the normalisation.
 
     Args:
         model: a transformers ``PreTrainedModel`` whose output has ``last_hidden_state``.
@@ -55,6 +74,11 @@ class TextEncoder(nn.Module):
         # Rows x longest row of one length group in forward; None: the batch in one pass. A
         # run-time setting of the trainer (``train.tokens_per_group``), not saved.
         self.tokens_per_group: int | None = None
+        self.preprocessor = TextPreprocessor(tokenizer, config.max_length)
+        self.stored_fingerprint = StoredFingerprint()
+
+    kind = "text"
+    modality = "text"
 
     @property
     def dim(self) -> int:
@@ -104,19 +128,23 @@ class TextEncoder(nn.Module):
         if isinstance(positions, int) and max_length is not None and max_length > positions:
             raise ConfigError(f"model.max_length: {max_length} exceeds the {positions} positions "
                               f"of {name_or_path}")
-        return cls(model, tokenizer, config, head)
+        encoder = cls(model, tokenizer, config, head)
+        if not overrides and folder.is_dir():
+            encoder.stored_fingerprint.set(encoder, read_stored_fingerprint(folder))
+        return encoder
 
     # --- Tower protocol -------------------------------------------------------------------
 
     def preprocess(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenize, pad to the longest and truncate to ``max_length``."""
-        return dict(self.tokenizer(
-            list(texts), padding=True, truncation=True,
-            max_length=self.config.max_length, return_tensors="pt",
-        ))
+        return self.preprocessor(texts)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Embed a tokenized batch: ``(B, D)``.
+        """Embed a tokenized batch: ``(B, D)``."""
+        return self.project(self.features(batch))
+
+    def features(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, H)``: the model's output pooled over each row's tokens.
 
         A right-padded batch is first trimmed to its longest row. With ``tokens_per_group``
         set, its rows are then embedded in length-sorted groups, each trimmed to its own longest
@@ -127,10 +155,18 @@ class TextEncoder(nn.Module):
             batch = trim_padding(batch)  # rows of a larger batch (a chunk) need not its width
             if self.tokens_per_group is not None:
                 groups = length_groups(batch["attention_mask"], self.tokens_per_group)
-        return self._embed(batch) if groups is None else self._embed_in_groups(batch, groups)
+        return self._pooled(batch) if groups is None else self._pooled_in_groups(batch, groups)
 
-    def _embed_in_groups(self, batch: dict[str, Tensor], groups: list[Tensor]) -> Tensor:
-        """``(B, D)``: each group of rows embedded on its own, trimmed to its longest row."""
+    def project(self, features: Tensor) -> Tensor:
+        """``(B, D)``: the head (if any) and the L2 normalisation (if on) of ``features``."""
+        if self.head is not None:
+            features = self.head(features)  # (B, projection_dim)
+        if self.config.normalize:
+            features = F.normalize(features, p=2, dim=-1)
+        return features
+
+    def _pooled_in_groups(self, batch: dict[str, Tensor], groups: list[Tensor]) -> Tensor:
+        """``(B, H)``: each group of rows pooled on its own, trimmed to its longest row."""
         lengths = batch["attention_mask"].sum(dim=1)  # (B,)
         # Look the tokens up once for the whole batch: the table's gradient is a dense
         # (vocabulary, H) tensor per lookup, and filling one per group cost more than a tenth of
@@ -146,20 +182,15 @@ class TextEncoder(nn.Module):
                 lambda module, args, output, value=group_lookup:
                     value if output.shape == value.shape else None)
             try:
-                parts.append(self._embed(take_rows(batch, rows, width)))
+                parts.append(self._pooled(take_rows(batch, rows, width)))
             finally:
                 handle.remove()
-        # (B, D) back in the batch's row order: row groups[g][j] is parts[g][j].
+        # (B, H) back in the batch's row order: row groups[g][j] is parts[g][j].
         return torch.cat(parts)[torch.cat(groups).argsort()]
 
-    def _embed(self, batch: dict[str, Tensor]) -> Tensor:
+    def _pooled(self, batch: dict[str, Tensor]) -> Tensor:
         output = self.model(**batch)
-        embeddings = pool(output.last_hidden_state, batch["attention_mask"], self.config.pooling)
-        if self.head is not None:
-            embeddings = self.head(embeddings)  # (B, projection_dim)
-        if self.config.normalize:
-            embeddings = F.normalize(embeddings, p=2, dim=-1)
-        return embeddings
+        return pool(output.last_hidden_state, batch["attention_mask"], self.config.pooling)
 
     # --- inference ------------------------------------------------------------------------
 
@@ -194,7 +225,11 @@ class TextEncoder(nn.Module):
     # --- persistence ----------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """A hash of the weights and settings: two encoders with equal fingerprints embed alike."""
+        """A hash of the weights and settings: two encoders with equal fingerprints embed alike.
+        Read from ``contralign.json`` at load; computed again only after the weights changed."""
+        return self.stored_fingerprint.get(self, self._compute_fingerprint)
+
+    def _compute_fingerprint(self) -> str:
         state = {f"w.{k}": v for k, v in self.state_dict().items()}
         return f"{weights_fingerprint(state)}-{hash_config(self.config)}"
 
