@@ -184,12 +184,11 @@ class Ours:
     def gradients(self, batch: dict[str, Any]) -> tuple[float, list[Any]]:
         """Loss and tower gradients of one cached step in eval mode (dropout off), no update."""
         from contralign.training.cached import accumulate_gradients
-        from contralign.training.distributed import strategy_for
 
         self.task.eval()
         self.optimizer.zero_grad(set_to_none=True)
         losses = accumulate_gradients(self.task, batch, chunk_size=self.config.train.grad_cache
-                                      .chunk_size, strategy=strategy_for(self.task.objective))
+                                      .chunk_size, strategy=self.task.split)
         return losses["loss"], gradients_of(self.encoder)
 
 

@@ -31,7 +31,7 @@ from test_cached import (  # one_thread: the module's autouse fixture, used here
 
 from contralign.training.cached import accumulate_gradients
 from contralign.training.config import OptimConfig
-from contralign.training.distributed import Shard, shard_of, slice_batch, strategy_for
+from contralign.training.distributed import Shard, shard_of, slice_batch
 from contralign.training.optim import build_optimizer
 
 RTOL = 1e-5
@@ -116,7 +116,7 @@ def test_two_processes_equal_one_for_each_strategy(tiny_model_dir: Path, tmp_pat
     all ranks queued); the last two with the gradient cache in each process (chunks of 2 and
     3 rows), against one plain process. The slow test below covers every other objective."""
     cases = [c for c in CASES if c[0] in FAST]
-    assert {strategy_for(make_task(tiny_model_dir, c[1], c[2]).objective) for c in cases} == {
+    assert {make_task(tiny_model_dir, c[1], c[2]).split for c in cases} == {
         "rows", "full", "local"}
     _compare(cases, tiny_model_dir, tmp_path)
 

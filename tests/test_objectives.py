@@ -323,3 +323,19 @@ def test_matches_sentence_transformers_mnrl(num_negative_columns: int, symmetric
     inputs = inputs_of(query, key, negatives)
     assert_close(ours, st_value)
     assert_close(torch.autograd.grad(ours, inputs), torch.autograd.grad(st_value, inputs))
+
+
+def test_registry_declarations_match_the_modules():
+    """What training reads from the registry (tiled form, split over processes) is what the
+    modules can do: a tiled objective takes ``tiled``/``tile_size``; a ``rows`` objective
+    scores a subset of rows (``forward(..., rows=)``)."""
+    import inspect
+
+    from contralign.objectives import OBJECTIVES
+
+    for name, info in OBJECTIVES.items():
+        parameters = info.parameters()
+        assert info.tiled == ("tiled" in parameters and "tile_size" in parameters), name
+        takes_rows = "rows" in inspect.signature(info.module.forward).parameters
+        assert (info.split == "rows") == takes_rows, name
+        assert info.split_for({"tiled": True}) == ("full" if info.tiled else info.split)

@@ -1,9 +1,10 @@
-"""Geometry of an embedding space: alignment and uniformity on the hypersphere.
+"""Geometry of an embedding space: alignment, uniformity and the modality gap.
 
-Wang & Isola 2020, "Understanding Contrastive Representation Learning through Alignment and
-Uniformity on the Hypersphere", arXiv:2005.10242. Both functions are numpy (float64), for
-evaluation; they L2-normalise their inputs first, as the paper defines both on the unit sphere.
-Lower is better for both.
+Alignment and uniformity: Wang & Isola 2020, "Understanding Contrastive Representation Learning
+through Alignment and Uniformity on the Hypersphere", arXiv:2005.10242; lower is better for both.
+Modality gap: Liang et al. 2022, "Mind the Gap: Understanding the Modality Gap in Multi-modal
+Contrastive Representation Learning", arXiv:2203.02053. All three are numpy (float64), for
+evaluation; they L2-normalise their inputs first, as the papers define them on the unit sphere.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import logsumexp
 
-from contralign.evaluation.protocol import Encoder, PairRecord, encode_unique, record_pairs
+from contralign.core.items import item_key
+from contralign.evaluation.protocol import (
+    Encoder,
+    Item,
+    PairRecord,
+    Sides,
+    encode_sides,
+    record_pairs,
+)
 from contralign.index.exact import l2_normalize
 
 # Pairwise-distance entries held at once: (row block) x (N) float64.
@@ -79,32 +88,62 @@ def uniformity(
     return float(logsumexp(parts) - np.log(n * (n - 1) / 2.0))
 
 
-class GeometryEvaluator:
-    """Alignment over (anchor, positive) pairs and uniformity of the embedded texts.
+def modality_gap(x: np.ndarray, y: np.ndarray) -> float:
+    """``|| mean_i f(x_i) - mean_i f(y_i) ||_2``: the distance between the centroids of two
+    sides' unit-normalised embeddings (Liang et al. 2022, arXiv:2203.02053).
 
-    Uniformity is taken over the union of both sides, each distinct text once (a text that is
-    both an anchor and a positive, or repeated, is not paired with itself). This measures the
-    spread of the one shared space both views live in; the paper's training loss instead
-    averages the uniformity of each side. Primary metric: ``alignment`` (lower is better).
+    Each row counts once, so an item paired several times weighs as often as it is paired.
 
     Args:
-        anchors: ``N`` texts.
-        positives: ``N`` texts, ``positives[i]`` matching ``anchors[i]``.
+        x: ``(N, D)`` embeddings of one side (images), L2-normalised here.
+        y: ``(M, D)`` embeddings of the other side (captions), L2-normalised here.
+
+    Returns:
+        A value in ``[0, 2]``: 0 when the centroids coincide.
+
+    Raises:
+        ValueError: not two 2-d arrays of the same width with at least one row each.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or not len(x) or not len(y):
+        raise ValueError(f"modality_gap needs (N, D) and (M, D) arrays, N, M >= 1 ({x.shape}, "
+                         f"{y.shape})")
+    gap = l2_normalize(x).mean(axis=0) - l2_normalize(y).mean(axis=0)  # (D,)
+    return float(np.linalg.norm(gap))
+
+
+class GeometryEvaluator:
+    """Alignment over (anchor, positive) pairs, uniformity of the embedded items, and the
+    modality gap between the two sides.
+
+    Anchors are embedded by the query tower, positives by the document tower. Uniformity is
+    taken over the union of both sides, each distinct embedding once: with one tower a text that
+    is both an anchor and a positive, or repeated, is one point (not paired with itself); with
+    two towers it is one point per tower. This measures the spread of the one shared space both
+    views live in; the paper's training loss instead averages the uniformity of each side. The
+    modality gap compares the centroids of the anchors' and the positives' embeddings, pair by
+    pair (``modality_gap``); with one tower on text pairs it is small but defined. Primary
+    metric: ``alignment`` (lower is better).
+
+    Args:
+        anchors: ``N`` items (texts or images).
+        positives: ``N`` items, ``positives[i]`` matching ``anchors[i]``.
         name: prefix for ``evaluate_all`` (``geometry/alignment``).
-        batch_size: passed to ``encoder.encode``.
+        batch_size: passed to each tower's ``encode``.
         alpha: alignment exponent.
         t: uniformity temperature.
 
     Raises:
-        ValueError: lengths differ, no pairs, or fewer than 2 distinct texts.
+        ValueError: lengths differ, no pairs, or fewer than 2 distinct items.
     """
 
     primary = "alignment"
 
     def __init__(
         self,
-        anchors: Sequence[str],
-        positives: Sequence[str],
+        anchors: Sequence[Item],
+        positives: Sequence[Item],
         name: str = "geometry",
         batch_size: int = 32,
         alpha: float = 2.0,
@@ -114,8 +153,8 @@ class GeometryEvaluator:
             raise ValueError(
                 f"anchors ({len(anchors)}) and positives ({len(positives)}) must be equal, > 0"
             )
-        if len(set(anchors) | set(positives)) < 2:
-            raise ValueError("uniformity needs at least 2 distinct texts")
+        if len({item_key(item) for item in [*anchors, *positives]}) < 2:
+            raise ValueError("uniformity needs at least 2 distinct items")
         self.anchors = list(anchors)
         self.positives = list(positives)
         self.name = name
@@ -123,13 +162,17 @@ class GeometryEvaluator:
         self.alpha = alpha
         self.t = t
 
-    def __call__(self, encoder: Encoder) -> dict[str, float]:
-        """Embed each distinct text once and return ``{"alignment", "uniformity"}``."""
-        n = len(self.anchors)
-        embeddings, index = encode_unique(encoder, self.anchors + self.positives, self.batch_size)
+    def __call__(self, sides: Encoder | Sides) -> dict[str, float]:
+        """Embed each distinct item once per tower and return ``{"alignment", "uniformity",
+        "modality_gap"}``."""
+        embeddings, anchor_rows, positive_rows = encode_sides(
+            Sides.of(sides), self.anchors, self.positives, self.batch_size
+        )
+        x, y = embeddings[anchor_rows], embeddings[positive_rows]  # (N, D) each
         return {
-            "alignment": alignment(embeddings[index[:n]], embeddings[index[n:]], self.alpha),
+            "alignment": alignment(x, y, self.alpha),
             "uniformity": uniformity(embeddings, self.t),
+            "modality_gap": modality_gap(x, y),
         }
 
 

@@ -24,7 +24,16 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from contralign.evaluation.protocol import Encoder, PairRecord, encode_unique, record_pairs
+from contralign.core.items import item_key
+from contralign.evaluation.protocol import (
+    Encoder,
+    Item,
+    PairRecord,
+    Sides,
+    check_same_space,
+    encode_unique,
+    record_pairs,
+)
 from contralign.index.exact import l2_normalize
 
 # Score-matrix entries held at once: (query block) x (corpus) float32 stays near 64 MiB.
@@ -109,11 +118,11 @@ class RetrievalEvaluator:
     """Exact cosine retrieval metrics (see the module docstring); primary ``ndcg@10``.
 
     Args:
-        queries: ``Q`` query texts.
-        corpus: ``N`` document texts.
+        queries: ``Q`` queries (texts, or images), embedded by the query tower.
+        corpus: ``N`` documents (texts, or images), embedded by the document tower.
         relevant: ``Q`` sets of row numbers into ``corpus``; each must be non-empty.
         name: prefix for ``evaluate_all`` (``retrieval/ndcg@10``).
-        batch_size: passed to ``encoder.encode``.
+        batch_size: passed to each tower's ``encode``.
         ks: cutoffs for ``recall@k`` and ``accuracy@k``.
 
     Raises:
@@ -125,8 +134,8 @@ class RetrievalEvaluator:
 
     def __init__(
         self,
-        queries: Sequence[str],
-        corpus: Sequence[str],
+        queries: Sequence[Item],
+        corpus: Sequence[Item],
         relevant: Sequence[Collection[int]],
         name: str = "retrieval",
         batch_size: int = 32,
@@ -153,9 +162,9 @@ class RetrievalEvaluator:
     @classmethod
     def from_pairs(
         cls,
-        anchors: Sequence[str],
-        positives: Sequence[str],
-        extra_corpus: Sequence[str] = (),
+        anchors: Sequence[Item],
+        positives: Sequence[Item],
+        extra_corpus: Sequence[Item] = (),
         name: str = "retrieval",
         batch_size: int = 32,
         ks: Sequence[int] = (1, 5, 10),
@@ -163,7 +172,7 @@ class RetrievalEvaluator:
         """Queries from ``anchors``, documents from ``positives`` (+ distractors).
 
         A repeated anchor becomes one query whose relevant set holds all its positives; equal
-        texts become one document. ``extra_corpus`` adds documents that answer no query
+        items (equal ``item_key``) become one document. ``extra_corpus`` adds documents that answer no query
         (distractors, e.g. hard negatives). The other arguments are the constructor's.
 
         Raises:
@@ -171,26 +180,42 @@ class RetrievalEvaluator:
         """
         if len(anchors) != len(positives):
             raise ValueError(f"anchors ({len(anchors)}) and positives ({len(positives)}) differ")
-        documents: dict[str, int] = {}
-        relevant: dict[str, set[int]] = {}
+        documents: dict[str, int] = {}  # item key -> row
+        corpus: list[Item] = []
+        relevant: dict[str, set[int]] = {}  # anchor key -> rows
+        queries: list[Item] = []
+        for item in [*positives, *extra_corpus]:
+            if documents.setdefault(item_key(item), len(corpus)) == len(corpus):
+                corpus.append(item)
         for anchor, positive in zip(anchors, positives, strict=True):
-            row = documents.setdefault(positive, len(documents))
-            relevant.setdefault(anchor, set()).add(row)
-        for text in extra_corpus:
-            documents.setdefault(text, len(documents))
-        return cls(
-            list(relevant), list(documents), list(relevant.values()),
-            name=name, batch_size=batch_size, ks=ks,
-        )
+            key = item_key(anchor)
+            if key not in relevant:
+                queries.append(anchor)
+            relevant.setdefault(key, set()).add(documents[item_key(positive)])
+        return cls(queries, corpus, list(relevant.values()), name=name, batch_size=batch_size,
+                   ks=ks)
 
-    def __call__(self, encoder: Encoder) -> dict[str, float]:
-        """Embed queries and corpus with ``encoder`` and return the metrics."""
-        query_embeddings, query_index = encode_unique(encoder, self.queries, self.batch_size)
-        doc_embeddings, doc_index = encode_unique(encoder, self.corpus, self.batch_size)
-        ranks = relevant_ranks(
-            query_embeddings[query_index], doc_embeddings[doc_index], self.relevant
-        )
-        return ranking_metrics(ranks, ks=self.ks, cutoff=10)
+    def __call__(self, sides: Encoder | Sides) -> dict[str, float]:
+        """Embed the queries with the query tower and the corpus with the document tower (one
+        encoder: both) and return the metrics."""
+        sides = Sides.of(sides)
+        query_embeddings, query_index = encode_unique(sides.query, self.queries, self.batch_size)
+        doc_embeddings, doc_index = encode_unique(sides.document, self.corpus, self.batch_size)
+        return self.score(query_embeddings[query_index], doc_embeddings[doc_index])
+
+    def score(self, queries: np.ndarray, corpus: np.ndarray) -> dict[str, float]:
+        """The metrics from embeddings already computed: ``queries (Q, D)`` in the order of
+        ``self.queries``, ``corpus (N, D)`` in the order of ``self.corpus``.
+
+        Raises:
+            ValueError: the row counts differ from the queries and corpus, or the widths differ.
+        """
+        if len(queries) != len(self.queries) or len(corpus) != len(self.corpus):
+            raise ValueError(f"expected {len(self.queries)} query and {len(self.corpus)} corpus "
+                             f"embeddings, got {len(queries)} and {len(corpus)}")
+        check_same_space(queries, corpus)
+        return ranking_metrics(relevant_ranks(queries, corpus, self.relevant), ks=self.ks,
+                               cutoff=10)
 
 
 def retrieval_from_records(

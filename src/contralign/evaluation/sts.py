@@ -11,7 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from contralign.evaluation.protocol import Encoder, PairRecord, encode_unique, record_pairs
+from contralign.evaluation.protocol import (
+    Encoder,
+    Item,
+    PairRecord,
+    Sides,
+    encode_sides,
+    record_pairs,
+)
 from contralign.index.exact import l2_normalize
 
 
@@ -43,14 +50,15 @@ def sts_correlations(x: np.ndarray, y: np.ndarray, scores: Sequence[float]) -> d
 class STSEvaluator:
     """Spearman/Pearson (x 100) of cosine similarity against gold scores; primary ``spearman``.
 
-    Each distinct sentence is embedded once, even when it occurs in many pairs.
+    ``sentences1`` are embedded by the query tower, ``sentences2`` by the document tower; each
+    distinct sentence once per tower, even when it occurs in many pairs.
 
     Args:
-        sentences1: ``N`` first sentences.
-        sentences2: ``N`` second sentences.
+        sentences1: ``N`` first sentences (items of the query tower's modality).
+        sentences2: ``N`` second sentences (items of the document tower's modality).
         scores: ``N`` gold scores.
         name: prefix for ``evaluate_all`` (``sts/spearman``).
-        batch_size: passed to ``encoder.encode``.
+        batch_size: passed to each tower's ``encode``.
 
     Raises:
         ValueError: lengths differ, fewer than 2 pairs, or the scores are constant.
@@ -60,8 +68,8 @@ class STSEvaluator:
 
     def __init__(
         self,
-        sentences1: Sequence[str],
-        sentences2: Sequence[str],
+        sentences1: Sequence[Item],
+        sentences2: Sequence[Item],
         scores: Sequence[float],
         name: str = "sts",
         batch_size: int = 32,
@@ -81,12 +89,13 @@ class STSEvaluator:
         self.name = name
         self.batch_size = batch_size
 
-    def __call__(self, encoder: Encoder) -> dict[str, float]:
-        """Embed the sentences with ``encoder`` and return ``{"spearman", "pearson"}``."""
-        n = len(self.scores)
-        embeddings, index = encode_unique(encoder, self.sentences1 + self.sentences2,
-                                          self.batch_size)
-        return sts_correlations(embeddings[index[:n]], embeddings[index[n:]], self.scores)
+    def __call__(self, sides: Encoder | Sides) -> dict[str, float]:
+        """Embed the sentences (one encoder: both sides) and return ``{"spearman",
+        "pearson"}``."""
+        embeddings, first, second = encode_sides(
+            Sides.of(sides), self.sentences1, self.sentences2, self.batch_size
+        )
+        return sts_correlations(embeddings[first], embeddings[second], self.scores)
 
 
 def sts_from_records(

@@ -16,10 +16,16 @@ import importlib.util
 import inspect
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from torch import nn
+
+# How an objective is split over processes (``training.distributed`` explains each): every rank
+# scores its own anchor rows against all gathered candidates (``rows``), computes the whole
+# batch's loss on gathered embeddings (``full``, exact for any objective), or its own rows only
+# (``local``: the objective brings its own negatives or sums over ranks itself).
+Split = Literal["rows", "full", "local"]
 
 # Constructor arguments that are not config parameters: ``dim`` comes from the tower.
 _NOT_PARAMETERS = ("self", "dim")
@@ -37,6 +43,8 @@ class ObjectiveInfo:
         momentum_keys: keys come from a momentum copy of the tower (MoCo).
         optional_momentum_keys: ``momentum: m`` may take the keys from a momentum copy (1.0: a
             frozen copy, as in LiT).
+        split: how it is split over processes (``Split``); a tiled loss is always ``full``.
+        tiled: it has a tiled form (``tiled: true``, ``tile_size``: ``objectives.tiled``).
     """
 
     class_path: str
@@ -45,6 +53,13 @@ class ObjectiveInfo:
     summary: str
     momentum_keys: bool = False
     optional_momentum_keys: bool = False
+    split: Split = "full"
+    tiled: bool = False
+
+    def split_for(self, params: dict[str, Any]) -> Split:
+        """The split of this objective built with ``params``: a tiled loss's blocks always start
+        at row 0, so it computes the whole batch (``full``)."""
+        return "full" if self.tiled and params.get("tiled") else self.split
 
     @property
     def module(self) -> type[nn.Module]:
@@ -74,6 +89,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.contrastive.InfoNCELoss", ("key",),
         "arXiv:1807.03748 (InfoNCE); arXiv:2104.08821 (SimCSE)",
         "In-batch-negative InfoNCE with hard negatives, duplicate masking, optional symmetry.",
+        split="rows", tiled=True,
     ),
     "nt_xent": ObjectiveInfo(
         "contralign.objectives.multiview.NTXentLoss", (),
@@ -88,6 +104,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "siglip": ObjectiveInfo(
         "contralign.objectives.sigmoid.SigLIPLoss", ("key",), "arXiv:2303.15343 (SigLIP)",
         "Pairwise sigmoid loss with learned temperature and bias.",
+        tiled=True,
     ),
     "supcon": ObjectiveInfo(
         "contralign.objectives.supervised.SupConLoss", ("labels",), "arXiv:2004.11362 (SupCon)",
@@ -128,11 +145,12 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.momentum.MoCoLoss", ("key",),
         "arXiv:1911.05722 (MoCo); arXiv:2003.04297 (MoCo v2)",
         "InfoNCE against a FIFO queue of keys from a momentum copy of the tower.",
-        momentum_keys=True,
+        momentum_keys=True, split="local",
     ),
     "swav": ObjectiveInfo(
         "contralign.objectives.prototypes.SwAVLoss", ("key",), "arXiv:2006.09882 (SwAV)",
         "Swapped prediction of Sinkhorn-Knopp codes over learnable prototypes.",
+        split="local",
     ),
     "whitened_cse": ObjectiveInfo(
         "contralign.objectives.whitening.WhitenedCSELoss", ("key",),

@@ -54,7 +54,6 @@ from contralign.training.distributed import (
     loss_and_embedding_grads,
     shard_of,
     slice_batch,
-    strategy_for,
 )
 from contralign.training.task import ContrastiveTask, Role
 
@@ -185,7 +184,8 @@ def accumulate_gradients(
         batch: the whole (global) batch, on the task's device.
         chunk_size: rows per chunk for the gradient cache, ``"auto"`` to size chunks from the
             free memory, None for no cache.
-        strategy: how the objective is split over ranks; default ``strategy_for(objective)``.
+        strategy: how the objective is split over ranks; default the task's (its registry
+            entry's declaration).
 
     Returns:
         ``{"loss": …, "contrastive_loss": …}`` of the whole batch (the same on every rank).
@@ -195,7 +195,7 @@ def accumulate_gradients(
         losses = task(batch)
         losses["loss"].backward()
         return {name: float(value.detach()) for name, value in losses.items()}
-    strategy = strategy_for(task.objective) if strategy is None else strategy
+    strategy = task.split if strategy is None else strategy
     local = slice_batch(batch, shard) if shard.world_size > 1 else batch
     roles = task.roles(local)
     if chunk_size is None:

@@ -280,8 +280,8 @@ def _run_path(name: str, config: TrainConfig, records: Sequence[Record],
     if name == "cached":
         return run_steps(config, records, state, steps, chunk_size=size)
     if name == "tiled":
-        if "tiled" not in OBJECTIVES[objective].parameters():
-            tiled = [n for n, info in OBJECTIVES.items() if "tiled" in info.parameters()]
+        if not OBJECTIVES[objective].tiled:
+            tiled = [n for n, info in OBJECTIVES.items() if info.tiled]
             return PathResult("-", reason=f"{objective} has no tiled loss ({', '.join(tiled)} "
                                           "have one)")
         params = {**config.objective.model_dump(), "tiled": True, "tile_size": size}

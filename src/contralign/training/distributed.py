@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -61,28 +61,10 @@ from contralign.core.dist import (
     world_size,
 )
 from contralign.core.errors import ConfigError
-from contralign.objectives.registry import OBJECTIVES
+from contralign.objectives.registry import Split
 from contralign.training.task import ContrastiveTask, Role
 
-Strategy = Literal["rows", "full", "local"]
-
-# How each registered objective is split over ranks (see the module docstring).
-STRATEGIES: dict[str, Strategy] = {
-    "info_nce": "rows",
-    "moco": "local",
-    "swav": "local",
-}
-
-
-def strategy_for(objective: nn.Module) -> Strategy:
-    """The strategy of a registered objective's module; ``"full"`` for any other module, and
-    for a tiled ``info_nce`` (its blocks always start at row 0)."""
-    if getattr(objective, "tiled", False):
-        return "full"
-    for name, strategy in STRATEGIES.items():
-        if type(objective) is OBJECTIVES[name].module:
-            return strategy
-    return "full"
+Strategy = Split  # declared per objective in its registry entry (``ObjectiveInfo.split``)
 
 
 @dataclass(frozen=True)

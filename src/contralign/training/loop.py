@@ -48,7 +48,6 @@ from contralign.training.distributed import (
     destroy_process_group,
     init_process_group,
     resolve_device,
-    strategy_for,
     sync_random_state,
 )
 from contralign.training.optim import build_optimizer, build_scheduler
@@ -99,7 +98,8 @@ def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
     objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
     return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
                            views_only="views" in info.requires, precision=config.train.precision,
-                           mask_duplicates=config.objective.mask_duplicates)
+                           mask_duplicates=config.objective.mask_duplicates,
+                           split=info.split_for(config.objective.params))
 
 
 # What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.
@@ -353,8 +353,7 @@ def step_gradients(task: ContrastiveTask, batch: dict[str, Any],
     the gradient cache's ``chunk_size`` (None: no cache)."""
     if world_size() > 1:
         sync_random_state(next(task.parameters()).device)  # rank 0's: resumes draw the same
-    return accumulate_gradients(task, batch, chunk_size=chunk_size,
-                                strategy=strategy_for(task.objective))
+    return accumulate_gradients(task, batch, chunk_size=chunk_size)
 
 
 def apply_gradients(

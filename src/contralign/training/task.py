@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from contralign.encoders.momentum import MomentumEncoder
 from contralign.objectives.inputs import Embedded
+from contralign.objectives.registry import Split
 
 Precision = Literal["fp32", "bf16"]
 
@@ -66,6 +67,7 @@ class ContrastiveTask(nn.Module):
         mask_duplicates: pass ids so duplicates of a positive are never negatives.
         precision: ``"bf16"`` runs the towers under bfloat16 autocast; their embeddings are cast
             to float32, so the objective always computes in float32.
+        split: how the objective is split over processes, as its registry entry declares.
 
     Raises:
         ValueError: an unknown precision.
@@ -74,6 +76,7 @@ class ContrastiveTask(nn.Module):
     def __init__(
         self, encoder: nn.Module, objective: nn.Module, *, momentum: float | None = None,
         views_only: bool = False, mask_duplicates: bool = True, precision: Precision = "fp32",
+        split: Split = "full",
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
@@ -84,6 +87,7 @@ class ContrastiveTask(nn.Module):
         self.views_only = views_only
         self.mask_duplicates = mask_duplicates
         self.precision: Precision = precision
+        self.split: Split = split
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         loss = self.loss(self.assemble(self.embed(batch), batch))
