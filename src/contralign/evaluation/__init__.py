@@ -1,23 +1,33 @@
-"""Evaluation: evaluators that embed texts with an encoder and return ``{metric: value}``.
+"""Evaluation: evaluators that embed items with a tower per side and return ``{metric: value}``.
 
-Each evaluator is ``evaluator(encoder) -> dict[str, float]`` with a ``name`` and a ``primary``
-metric; ``evaluate_all`` runs several and prefixes their keys (``sts/spearman``).
+Each evaluator is ``evaluator(sides_or_encoder) -> dict[str, float]`` with a ``name`` and a
+``primary`` metric: ``Sides(query=..., document=...)`` names the tower of each side, and one
+encoder serves both. ``evaluate_all`` runs several and prefixes their keys (``sts/spearman``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from contralign.evaluation.cross_modal import (
+    CrossModalRetrievalEvaluator,
+    cross_modal_from_records,
+)
 from contralign.evaluation.geometry import (
     GeometryEvaluator,
     alignment,
     geometry_from_records,
+    modality_gap,
     uniformity,
 )
 from contralign.evaluation.protocol import (
     Encoder,
     Evaluator,
+    Item,
+    ModalityError,
     PairRecord,
+    Sides,
+    encode_sides,
     encode_unique,
     read_pairs,
 )
@@ -28,18 +38,37 @@ from contralign.evaluation.retrieval import (
     retrieval_from_records,
 )
 from contralign.evaluation.sts import STSEvaluator, sts_correlations, sts_from_records
+from contralign.evaluation.zero_shot import (
+    DEFAULT_TEMPLATES,
+    ZeroShotEvaluator,
+    ZeroShotResult,
+    class_prompts,
+    zero_shot_classifier,
+    zero_shot_from_records,
+)
 
 __all__ = [
+    "DEFAULT_TEMPLATES",
+    "CrossModalRetrievalEvaluator",
     "Encoder",
     "Evaluator",
     "GeometryEvaluator",
+    "Item",
+    "ModalityError",
     "PairRecord",
     "RetrievalEvaluator",
     "STSEvaluator",
+    "Sides",
+    "ZeroShotEvaluator",
+    "ZeroShotResult",
     "alignment",
+    "class_prompts",
+    "cross_modal_from_records",
+    "encode_sides",
     "encode_unique",
     "evaluate_all",
     "geometry_from_records",
+    "modality_gap",
     "read_pairs",
     "ranking_metrics",
     "relevant_ranks",
@@ -47,21 +76,26 @@ __all__ = [
     "sts_correlations",
     "sts_from_records",
     "uniformity",
+    "zero_shot_classifier",
+    "zero_shot_from_records",
 ]
 
 
-def evaluate_all(encoder: Encoder, evaluators: Sequence[Evaluator]) -> dict[str, float]:
-    """Run each evaluator on ``encoder``; keys become ``"<evaluator name>/<metric>"``.
+def evaluate_all(sides: Encoder | Sides, evaluators: Sequence[Evaluator]) -> dict[str, float]:
+    """Run each evaluator on ``sides`` (or one encoder for both sides); keys become
+    ``"<evaluator name>/<metric>"``.
 
     Raises:
         ValueError: two evaluators share a name (their keys would collide).
+        TypeError: ``sides`` is neither a ``Sides`` nor an encoder.
     """
     names = [evaluator.name for evaluator in evaluators]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"evaluator names must be distinct; repeated: {repeated}")
+    sides = Sides.of(sides)
     results: dict[str, float] = {}
     for evaluator in evaluators:
-        for key, value in evaluator(encoder).items():
+        for key, value in evaluator(sides).items():
             results[f"{evaluator.name}/{key}"] = value
     return results

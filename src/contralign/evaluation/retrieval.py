@@ -172,8 +172,9 @@ class RetrievalEvaluator:
         """Queries from ``anchors``, documents from ``positives`` (+ distractors).
 
         A repeated anchor becomes one query whose relevant set holds all its positives; equal
-        items (equal ``item_key``) become one document. ``extra_corpus`` adds documents that answer no query
-        (distractors, e.g. hard negatives). The other arguments are the constructor's.
+        items (equal ``item_key``) become one document. ``extra_corpus`` adds documents that
+        answer no query (distractors, e.g. hard negatives). The other arguments are the
+        constructor's.
 
         Raises:
             ValueError: ``anchors`` and ``positives`` differ in length, or are empty.
