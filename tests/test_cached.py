@@ -116,7 +116,7 @@ def make_task(model_dir: Path, name: str, params: dict[str, Any], *, dropout: bo
     if name == "moco":  # fill the queue: the first batch has no negatives yet
         with torch.no_grad():  # (no collective: the same in one process and in several)
             positive = make_batch(encoder, "pairs", offset=40)["positive"]
-            keys = task.embed_role(Role("positive", positive, momentum=True))
+            keys = task.embed_role(Role("positive", positive, tower="positive", trainable=False))
             task.objective.queue.enqueue(torch.nn.functional.normalize(keys, dim=-1))
     return task
 
@@ -220,7 +220,7 @@ def test_two_passes_agree_with_dropout_in_chunks(name, tiny_model_dir):
     if name == "info_nce":
         assert not torch.allclose(first.embeddings["anchor"], first.embeddings["positive"])
     # Without the replayed state the re-embedding differs: the replay is what makes them agree.
-    again = task.embed_role(roles[0], roles[0].rows(0, 3)).detach()
+    again = task.embed_role(roles[0], slice(0, 3)).detach()
     assert not torch.equal(again, first.embeddings["anchor"][:3])
 
 

@@ -129,7 +129,7 @@ def embed_without_graph(task: ContrastiveTask, roles: Sequence[Role], chunk_size
         states[role.name], parts = [], []
         for rows in chunks[role.name]:
             states[role.name].append(RandomState.capture(role.device))
-            parts.append(task.embed_role(role, role.take(rows)))
+            parts.append(task.embed_role(role, rows))
         embeddings[role.name] = _in_batch_order(parts, chunks[role.name])  # (B, D)
     return FirstPass(embeddings, states, chunks)
 
@@ -153,13 +153,13 @@ def backpropagate_chunks(
     second: dict[str, Tensor] = {}
     for role in roles:
         grad = grads.get(role.name)
-        if role.momentum or grad is None:
+        if not role.trainable or grad is None:
             continue
         parts = []
         chunks = first.chunks[role.name]
         for rows, state in zip(chunks, first.states[role.name], strict=True):
             state.restore()  # the same dropout masks as the first pass
-            embeddings = task.embed_role(role, role.take(rows))  # (n, D), with graph
+            embeddings = task.embed_role(role, rows)  # (n, D), with graph
             torch.autograd.backward(embeddings, grad[rows])
             parts.append(embeddings.detach())
         second[role.name] = _in_batch_order(parts, chunks)

@@ -232,8 +232,8 @@ def turn_off_dropout(module: nn.Module) -> int:
 def still_random(task: ContrastiveTask, batch: dict[str, Any]) -> bool:
     """Whether the task's tower embeds the same rows differently twice in training mode."""
     role = task.roles(batch)[0]
-    first = task.embed_role(role, role.rows(0, 4))  # (≤4, D)
-    return not torch.equal(first, task.embed_role(role, role.rows(0, 4)))
+    first = task.embed_role(role, slice(0, 4))  # (≤4, D)
+    return not torch.equal(first, task.embed_role(role, slice(0, 4)))
 
 
 def run_steps(config: TrainConfig, records: Sequence[Record], state: dict[str, Tensor],

@@ -146,7 +146,7 @@ def loss_and_embedding_grads(
 
     Args:
         task: the task (its ``assemble`` and ``loss``).
-        roles: this rank's roles (their names, and which come from the momentum tower).
+        roles: this rank's roles (their names, and which get a gradient).
         embeddings: ``{role: (B_r, D)}`` this rank's embeddings (any graph is ignored).
         batch: the whole batch (ids, labels and scores of all B rows).
         shard: this rank's rows.
@@ -157,7 +157,7 @@ def loss_and_embedding_grads(
         ``(B_r, D)`` gradient to backpropagate into this rank's embeddings (None for a role
         without gradient).
     """
-    trainable = {role.name for role in roles if not role.momentum}
+    trainable = {role.name for role in roles if role.trainable}
     names = [role.name for role in roles]
     if shard.world_size == 1 or strategy == "local":
         leaves = {name: embeddings[name].detach().requires_grad_(name in trainable)

@@ -3,9 +3,9 @@
 The plain path is ``forward``. The trainer's fast paths (the gradient cache in
 ``training.cached``, several processes in ``training.distributed``) use its parts instead:
 ``roles`` lists what the batch asks to embed, in the order the plain path embeds it;
-``embed_role`` embeds one role (or some of its rows); ``assemble`` turns the embeddings of every
-role into the objective's ``Embedded``; ``loss`` applies the objective. ``forward`` is exactly
-``loss(assemble(embed(batch), batch))``.
+``embed_role`` embeds one role (or some of its rows) with the tower the model maps it to;
+``assemble`` turns the embeddings of every role into the objective's ``Embedded``; ``loss``
+applies the objective. ``forward`` is exactly ``loss(assemble(embed(batch), batch))``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from contralign.encoders.model import AlignmentModel
 from contralign.encoders.momentum import MomentumEncoder
 from contralign.objectives.inputs import Embedded
 from contralign.objectives.registry import Split
@@ -25,17 +26,22 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class Role:
-    """One tokenized input of a batch, and the tower that embeds it.
+    """One preprocessed input of a batch, and the tower that embeds it.
 
     Attributes:
         name: ``"anchor"``, ``"positive"``, ``"view.<v>"`` or ``"negative.<k>"``.
-        inputs: the tokenized texts: tensors whose first dimension is the batch (B rows).
-        momentum: embedded by the momentum copy of the tower (MoCo keys): no graph, no gradient.
+        inputs: the preprocessed items: tensors whose first dimension is the batch (B rows).
+        tower: the model role whose tower embeds it: ``"anchor"`` or ``"positive"``.
+        trainable: it gets a gradient; False for a momentum copy's keys (MoCo) and a locked
+            tower without a head: embedded without a graph.
+        keys: ``(B,)`` int64 item ids (a locked tower's feature cache), or None.
     """
 
     name: str
     inputs: dict[str, Tensor]
-    momentum: bool = False
+    tower: str = "anchor"
+    trainable: bool = True
+    keys: Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -46,24 +52,21 @@ class Role:
     def device(self) -> torch.device:
         return next(iter(self.inputs.values())).device
 
-    def rows(self, start: int, stop: int) -> dict[str, Tensor]:
-        """The inputs of rows ``start:stop``."""
-        return {name: value[start:stop] for name, value in self.inputs.items()}
-
-    def take(self, rows: Tensor) -> dict[str, Tensor]:
-        """The inputs of the rows ``rows`` (an ``(n,)`` index tensor), in that order."""
+    def take(self, rows: Tensor | slice) -> dict[str, Tensor]:
+        """The inputs of ``rows`` (an ``(n,)`` index tensor or a slice), in that order."""
         return {name: value[rows] for name, value in self.inputs.items()}
 
 
 class ContrastiveTask(nn.Module):
-    """One tower embeds every role (SimCSE-style when two views of one text meet).
+    """The model's towers embed the roles of a batch; the objective scores them.
 
     Args:
-        encoder: a tower, ``encoder(tokenized) -> (B, D)``.
+        model: an ``AlignmentModel`` (towers + role map), or one tower for every role.
         objective: a module ``objective(Embedded) -> loss``.
-        momentum: when set, keys come from a momentum copy of the tower (MoCo), updated by
+        momentum: with one tower, take the keys from a momentum copy of it (MoCo), updated by
             ``after_step`` with this momentum.
-        views_only: the objective contrasts the anchor against all views (1-to-K), not pairs.
+        views_only: the objective contrasts the anchor against all views (1-to-K), not pairs;
+            the views are embedded by the positive's tower.
         mask_duplicates: pass ids so duplicates of a positive are never negatives.
         precision: ``"bf16"`` runs the towers under bfloat16 autocast; their embeddings are cast
             to float32, so the objective always computes in float32.
@@ -74,20 +77,31 @@ class ContrastiveTask(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, objective: nn.Module, *, momentum: float | None = None,
+        self, model: nn.Module, objective: nn.Module, *, momentum: float | None = None,
         views_only: bool = False, mask_duplicates: bool = True, precision: Precision = "fp32",
         split: Split = "full",
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.encoder = encoder
+        self.model = model if isinstance(model, AlignmentModel) \
+            else AlignmentModel.single(model, momentum)
         self.objective = objective
-        self.key_encoder = MomentumEncoder(encoder, momentum) if momentum is not None else None
         self.views_only = views_only
         self.mask_duplicates = mask_duplicates
         self.precision: Precision = precision
         self.split: Split = split
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The anchor's tower (a one-tower model's tower)."""
+        return self.model.anchor_tower
+
+    @property
+    def key_encoder(self) -> MomentumEncoder | None:
+        """The positive's tower when it is a momentum copy (MoCo keys), else None."""
+        tower = self.model.tower_for("positive")
+        return tower if isinstance(tower, MomentumEncoder) else None
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         loss = self.loss(self.assemble(self.embed(batch), batch))
@@ -97,26 +111,34 @@ class ContrastiveTask(nn.Module):
         """What ``batch`` asks to embed, in the order the plain path embeds it (the order in
         which dropout draws its masks): anchor, positive (or the views), extra views, negatives.
         """
-        roles = [Role("anchor", batch["anchor"])]
+        named = [("anchor", batch["anchor"], "anchor")]
         if self.views_only:
             inputs = batch.get("views") or [batch["positive"]]
-            roles += [Role(f"view.{v}", x) for v, x in enumerate(inputs)]
+            named += [(f"view.{v}", x, "positive") for v, x in enumerate(inputs)]
         else:
-            roles.append(Role("positive", batch["positive"], momentum=self.key_encoder is not None))
+            named.append(("positive", batch["positive"], "positive"))
             extra = batch.get("views", [])[2:]  # views 0 and 1 are the anchor and the positive
-            roles += [Role(f"view.{v}", x) for v, x in enumerate(extra, start=2)]
-        roles += [Role(f"negative.{k}", x) for k, x in enumerate(batch.get("negatives") or [])]
-        return roles
+            named += [(f"view.{v}", x, "anchor") for v, x in enumerate(extra, start=2)]
+        named += [(f"negative.{k}", x, "positive")
+                  for k, x in enumerate(batch.get("negatives") or [])]
+        keys = batch.get("keys") or {}
+        return [Role(name, inputs, tower, self._trainable(tower), keys.get(name))
+                for name, inputs, tower in named]
 
-    def embed_role(self, role: Role, inputs: dict[str, Tensor] | None = None) -> Tensor:
-        """``(n, D)`` float32 embeddings of ``inputs`` (default: all of ``role.inputs``)."""
-        tower = self.key_encoder if role.momentum and self.key_encoder is not None \
-            else self.encoder
-        inputs = role.inputs if inputs is None else inputs
+    def _trainable(self, tower_role: str) -> bool:
+        name = self.model.tower_name(tower_role)
+        tower = self.model.towers[name]
+        return any(p.requires_grad for p in tower.parameters()) and \
+            not self.model.is_momentum(tower_role)
+
+    def embed_role(self, role: Role, rows: Tensor | slice | None = None) -> Tensor:
+        """``(n, D)`` float32 embeddings of ``role``'s ``rows`` (default: all of them)."""
+        inputs = role.inputs if rows is None else role.take(rows)
+        keys = role.keys if rows is None or role.keys is None else role.keys[rows]
         if self.precision == "fp32":
-            return tower(inputs)
+            return self.model.embed(role.tower, inputs, keys)
         with torch.autocast(role.device.type, dtype=torch.bfloat16):
-            embeddings = tower(inputs)
+            embeddings = self.model.embed(role.tower, inputs, keys)
         return embeddings.float()  # the objective computes in float32
 
     def embed(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -160,6 +182,5 @@ class ContrastiveTask(nn.Module):
         return self.objective(embedded, rows=rows)
 
     def after_step(self) -> None:
-        """Called after each optimiser step: moves the momentum copy towards the tower."""
-        if self.key_encoder is not None:
-            self.key_encoder.update(self.encoder)
+        """Called after each optimiser step: moves every momentum copy towards its tower."""
+        self.model.after_step()

@@ -1,0 +1,207 @@
+"""A model: named towers plus a role -> tower map (``docs/design.md``, Towers and models).
+
+``AlignmentModel(towers={"image": ..., "text": ...}, roles={"anchor": "image", "positive":
+"text"})`` embeds each role of a batch with its tower: hard negatives (``negative.k``) with the
+positive's, views (``view.k``) with the anchor's. A one-tower model maps every role to its one
+tower (SimCSE: two views of one text through one tower).
+
+A tower may be **locked** (``frozen``, LiT arXiv:2111.07991): its backbone gets no gradient (so
+no optimiser state) and always runs in eval mode, while its projection head, if it has one,
+trains; its features are computed once per item and cached (``FeatureCache``). A tower may be a
+**momentum copy** of another (``MomentumEncoder``, MoCo arXiv:1911.05722): it embeds without a
+graph and follows its source after each optimiser step.
+
+Saved, a one-tower model is its tower's own folder (a text tower's stays a
+sentence-transformers folder); a model of several towers is one subfolder per online tower plus
+a top-level ``contralign.json`` (``{"model": {"towers": {name: kind}, "roles": {...},
+"frozen": [...]}}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from contralign.core.errors import ModelNotFoundError
+from contralign.core.io import atomic_directory
+from contralign.core.outputs import MODEL, read_manifest
+from contralign.encoders.momentum import MomentumEncoder
+
+# Roles a batch holds, and the role whose tower each embeds with.
+ROLE_OF = {"anchor": "anchor", "view": "anchor", "positive": "positive", "negative": "positive"}
+ONE_TOWER = "tower"  # the name of a one-tower model's tower
+
+
+class AlignmentModel(nn.Module):
+    """Named towers and the role each embeds.
+
+    Args:
+        towers: tower name -> tower (a ``core.towers.Tower``, or a ``MomentumEncoder`` of one).
+        roles: ``anchor`` and ``positive`` -> tower name.
+        frozen: names of towers whose backbone is locked.
+        sources: momentum copy's name -> the tower it follows.
+
+    Raises:
+        ValueError: a role naming no tower, a role other than anchor/positive, a momentum copy
+            that is frozen or follows no tower, or a frozen name that is not a tower.
+    """
+
+    def __init__(self, towers: Mapping[str, nn.Module], roles: Mapping[str, str],
+                 frozen: Iterable[str] = (), sources: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.towers = nn.ModuleDict(dict(towers))
+        self.roles = dict(roles)
+        self.frozen = frozenset(frozen)
+        self.sources = dict(sources or {})
+        copies = {name for name, tower in self.towers.items()
+                  if isinstance(tower, MomentumEncoder)}
+        if set(self.sources) != copies or not set(self.sources.values()) <= set(self.towers):
+            raise ValueError(f"sources: every momentum copy ({sorted(copies)}) needs the tower it "
+                             f"follows; got {self.sources}")
+        unknown = {role: name for role, name in self.roles.items()
+                   if role not in ("anchor", "positive") or name not in self.towers}
+        if unknown or set(self.roles) != {"anchor", "positive"}:
+            raise ValueError(f"roles: expected anchor and positive, each naming one of "
+                             f"{sorted(self.towers)}; got {self.roles}")
+        if not self.frozen <= set(self.towers):
+            raise ValueError(f"frozen: {sorted(self.frozen - set(self.towers))} are not towers")
+        for name in self.frozen:
+            if isinstance(self.towers[name], MomentumEncoder):
+                raise ValueError(f"frozen: {name} is a momentum copy (never trained already)")
+            for parameter in backbone_parameters(self.towers[name]):
+                parameter.requires_grad_(False)
+        self.caches = {name: FeatureCache() for name in self.frozen}
+
+    @classmethod
+    def single(cls, tower: nn.Module, momentum: float | None = None) -> AlignmentModel:
+        """One tower for every role; with ``momentum``, positives from a momentum copy (MoCo)."""
+        if momentum is None:
+            return cls({ONE_TOWER: tower}, {"anchor": ONE_TOWER, "positive": ONE_TOWER})
+        towers = {ONE_TOWER: tower, "momentum": MomentumEncoder(tower, momentum)}
+        return cls(towers, {"anchor": ONE_TOWER, "positive": "momentum"},
+                   sources={"momentum": ONE_TOWER})
+
+    # --- what embeds what -----------------------------------------------------------------
+
+    def tower_name(self, role: str) -> str:
+        """The tower that embeds ``role`` (``anchor``, ``positive``, ``view.k``,
+        ``negative.k``)."""
+        return self.roles[ROLE_OF[role.split(".")[0]]]
+
+    def tower_for(self, role: str) -> nn.Module:
+        return self.towers[self.tower_name(role)]
+
+    def is_momentum(self, role: str) -> bool:
+        return isinstance(self.tower_for(role), MomentumEncoder)
+
+    def online(self) -> dict[str, nn.Module]:
+        """The towers that are not momentum copies (what a model folder holds)."""
+        return {name: tower for name, tower in self.towers.items()
+                if not isinstance(tower, MomentumEncoder)}
+
+    @property
+    def anchor_tower(self) -> nn.Module:
+        return self.tower_for("anchor")
+
+    def embed(self, role: str, inputs: dict[str, Tensor], keys: Tensor | None = None) -> Tensor:
+        """``(n, D)``: ``inputs`` of ``role`` through its tower. A locked tower takes its
+        features from the cache (by ``keys``, the rows' item ids) and computes only the missing
+        ones; a momentum copy embeds without a graph."""
+        name = self.tower_name(role)
+        tower = self.towers[name]
+        if name not in self.frozen:
+            return tower(inputs)
+        features = self.caches[name].features(tower, inputs, keys)  # (n, F), no graph
+        return tower.project(features)  # the head, if any, trains
+
+    # --- training -------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> AlignmentModel:
+        super().train(mode)
+        for name in self.frozen:  # a locked backbone always runs in eval mode
+            self.towers[name].eval()
+        return self
+
+    def after_step(self) -> None:
+        """Move every momentum copy towards its source (after each optimiser step)."""
+        for copy, source in self.sources.items():
+            self.towers[copy].update(self.towers[source])
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """A one-tower model: the tower's own folder. Several: a subfolder per online tower
+        and a top-level ``contralign.json``, written atomically."""
+        online = self.online()
+        if len(online) == 1:
+            next(iter(online.values())).save(path, extra=extra)
+            return
+        with atomic_directory(path, MODEL) as tmp:
+            for name, tower in online.items():
+                tower.save(tmp / name)
+            manifest = {"tower": "model", "model": {
+                "towers": {name: tower.kind for name, tower in online.items()},
+                "roles": self.roles, "frozen": sorted(self.frozen)}, **(extra or {})}
+            (tmp / MODEL.manifest).write_text(_json(manifest), encoding="utf-8")
+
+
+def backbone_parameters(tower: nn.Module) -> list[nn.Parameter]:
+    """A tower's parameters outside its projection head (what locking a tower freezes)."""
+    head = getattr(tower, "head", None)
+    in_head = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+    return [p for p in tower.parameters() if id(p) not in in_head]
+
+
+class FeatureCache:
+    """A locked tower's features, computed once per item (keyed by item id) and reused.
+
+    The backbone is locked and in eval mode, so an item's features never change: every epoch
+    after the first runs only the trainable side, with the loss and gradients of recomputing
+    them (``tests``).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Tensor] = {}
+
+    def features(self, tower: nn.Module, inputs: dict[str, Tensor], keys: Tensor | None
+                 ) -> Tensor:
+        """``(n, F)`` features of ``inputs``, from the cache where ``keys`` are known."""
+        if keys is None:  # no item ids: compute, do not cache
+            with torch.no_grad():
+                return tower.features(inputs)
+        ids = keys.tolist()
+        missing = [row for row, key in enumerate(ids) if key not in self.rows]
+        if missing:
+            rows = torch.tensor(missing, device=keys.device)
+            with torch.no_grad():
+                computed = tower.features({k: v[rows] for k, v in inputs.items()})  # (m, F)
+            for row, value in zip(missing, computed, strict=True):
+                self.rows[ids[row]] = value
+        return torch.stack([self.rows[key] for key in ids])
+
+
+def load_model(path: str | Path) -> AlignmentModel:
+    """A saved model of several towers (the top-level ``contralign.json`` names them).
+
+    Raises:
+        ModelNotFoundError: not a model folder of several towers.
+    """
+    from contralign.encoders.loading import load_tower
+
+    folder = Path(path)
+    manifest = read_manifest(folder, MODEL)
+    spec = manifest.get("model") if manifest else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("towers"), dict):
+        raise ModelNotFoundError(f"model: {folder}: not a model of several towers")
+    towers = {name: load_tower(str(folder / name)) for name in spec["towers"]}
+    return AlignmentModel(towers, spec["roles"], spec.get("frozen", ()))
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2) + "\n"
