@@ -2,7 +2,8 @@
 
 A folder contralign saved names its tower kind in ``contralign.json`` (``"tower"``), and
 ``TOWERS`` maps that kind to the class that loads it. Other names are recognised by what they are:
-pretrained static vectors or a static-embedding folder load as a static tower, anything else
+image backbones (``efficientnet-lite0``, ``timm/<model name>``) load as an image tower,
+pretrained static vectors or a static-embedding folder as a static tower, anything else
 (a transformers or sentence-transformers folder, an installed model package, a hub id) as a text
 transformer. A run directory stands for its ``model/`` folder.
 """
@@ -16,16 +17,18 @@ from typing import Any, Literal
 from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.outputs import MODEL, RUN, is_owned, read_manifest
 from contralign.encoders.folder import TextEncoderConfig
+from contralign.encoders.image import ImageTower, ImageTowerConfig, is_image_model
 from contralign.encoders.static import StaticEncoder, StaticEncoderConfig, is_static_model
 from contralign.encoders.text import TextEncoder
 
 TowerKind = Literal["auto", "transformer", "static"]
-Tower = TextEncoder | StaticEncoder
+Tower = TextEncoder | StaticEncoder | ImageTower
 
 # contralign.json's tower kind -> (the class that loads it, the settings it takes).
-TOWERS: dict[str, tuple[type[TextEncoder] | type[StaticEncoder], type]] = {
+TOWERS: dict[str, tuple[type[TextEncoder] | type[StaticEncoder] | type[ImageTower], type]] = {
     "text": (TextEncoder, TextEncoderConfig),
     "static": (StaticEncoder, StaticEncoderConfig),
+    "image": (ImageTower, ImageTowerConfig),
 }
 
 
@@ -62,7 +65,7 @@ def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", **overrides: 
 
 
 def detect_kind(name: str) -> str:
-    """The tower kind of a model name: ``contralign.json``'s, else static or text.
+    """The tower kind of a model name: ``contralign.json``'s, else image, static or text.
 
     Raises:
         ModelNotFoundError: ``contralign.json`` names a kind no loader knows.
@@ -75,6 +78,8 @@ def detect_kind(name: str) -> str:
             raise ModelNotFoundError(f"model: {folder / MODEL.manifest}: unknown tower kind "
                                      f"{kind!r} (known: {', '.join(TOWERS)})")
         return kind
+    if is_image_model(name):
+        return "image"
     return "static" if is_static_model(name) else "text"
 
 
