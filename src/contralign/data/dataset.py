@@ -1,14 +1,10 @@
-"""Load a data file into validated records: column roles, per-record checks, a rejects file.
+"""Load a data file into validated records: per-record checks and a rejects file.
 
-Roles (DESIGN.md, Records): ``anchor`` (required), ``positive``, ``negative`` / ``negative_2`` /
-``negative_3`` …, ``label``, ``score``. ``DataConfig.columns`` maps a role to a file column; an
-explicit mapping is the whole mapping (it is not merged with columns named like roles). Without
-one, file columns whose names are roles take those roles (for JSONL, the keys of the first
-object), and a ``txt`` file's ``text`` column is the anchor.
-
-Every record is checked as it is read; a bad one is ``file:line: column: what is wrong``. With
-``on_bad_record: skip`` bad records are counted, written one JSON line each to a rejects file, and
-the first few messages are kept for the report. Nothing is dropped silently.
+Which column plays which role, and which roles hold images, is ``data.roles``'s; image values
+are checked by ``data.images``, captions made by ``data.captions``. Every record is checked as
+it is read; a bad one is ``file:line: column: what is wrong``. With ``on_bad_record: skip`` bad
+records are counted, written one JSON line each to a rejects file, and the first few messages
+are kept for the report. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -23,21 +19,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from contralign.core.errors import DataError
-from contralign.data.readers import (
-    FileFormat,
-    detect_format,
-    printable,
-    read_header,
-    read_rows,
-    value_kind,
-)
-from contralign.data.records import DataConfig, Record, RecordSet
+import numpy as np
 
-_ROLE = re.compile(r"anchor|positive|negative(?:_(?P<k>[2-9]|[1-9][0-9]+))?|label|score")
-ROLE_HELP = "anchor, positive, negative, negative_2, negative_3, …, label, score"
+from contralign.core.errors import DataError
+from contralign.core.items import ImageItem
+from contralign.data.arrays import read_npz_layout
+from contralign.data.captions import CaptionMaker
+from contralign.data.images import parse_image
+from contralign.data.readers import detect_format, printable, read_header, read_rows, value_kind
+from contralign.data.records import DataConfig, Item, Record, RecordSet
+from contralign.data.roles import (
+    is_role,
+    item_role,
+    ordered_roles,
+    prepare_roles,
+    resolve_roles,
+    role_order,
+)
+
 MAX_SKIPPED_EXAMPLES = 5
 MAX_SHOWN_VALUE = 80  # characters of a bad value quoted in a message
+MAX_RAW_BYTES = 256  # longer bytes (an encoded image) are described, not copied, in rejects
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -51,61 +53,10 @@ def text_id(text: str) -> int:
     return int.from_bytes(digest, "big") >> 1  # 63 bits: fits a signed int64 tensor
 
 
-def is_role(name: str) -> bool:
-    """Whether ``name`` is a role: anchor, positive, negative[_k], label or score."""
-    return _ROLE.fullmatch(name) is not None
-
-
-def _role_order(role: str) -> tuple[int, int]:
-    """Sort key: anchor, positive, negatives by number, label, score."""
-    match = _ROLE.fullmatch(role)
-    assert match is not None
-    base = role.split("_")[0]
-    rank = ("anchor", "positive", "negative", "label", "score").index(base)
-    return rank, int(match.group("k") or 1)
-
-
-def resolve_roles(
-    path: Path, columns: Mapping[str, str], header: list[str] | None, fmt: FileFormat
-) -> dict[str, str] | None:
-    """The role -> column mapping, in role order; None when it must come from a JSONL object.
-
-    Raises:
-        DataError: an unknown role in ``columns``; a mapped column missing from the header
-            (reported at line 1 for CSV/TSV, at the file for parquet); no anchor column.
-    """
-    for role in columns:
-        if not is_role(role):
-            raise DataError(path, None, "columns", f"unknown role {role!r}; roles: {ROLE_HELP}")
-    if columns:
-        mapping = dict(columns)
-    elif header is None:
-        return None
-    elif fmt == "txt":
-        mapping = {"anchor": header[0]}
-    else:
-        mapping = {name: name for name in header if is_role(name)}
-    if header is not None:
-        available = ", ".join(printable(name) for name in header)
-        line = 1 if fmt in ("csv", "tsv") else None
-        for role, column in mapping.items():
-            if column not in header:
-                message = f"no such column (mapped to {role}); available columns: {available}"
-                raise DataError(path, line, printable(column), message)
-    return _ordered(path, mapping, header)
-
-
-def _ordered(path: Path, mapping: dict[str, str], available: list[str] | None) -> dict[str, str]:
-    if "anchor" not in mapping:
-        message = "no anchor column: name one with columns: {anchor: <column>}"
-        if available is not None:
-            message += f"; available columns: {', '.join(map(printable, available)) or 'none'}"
-        raise DataError(path, None, "columns", message)
-    return {role: mapping[role] for role in sorted(mapping, key=_role_order)}
-
-
 def _shown(value: Any) -> str:
     """``repr(value)``, cut short: a message quotes a bad value, not a whole document."""
+    if isinstance(value, np.ndarray):  # its repr spans lines
+        return f"{value.dtype} array of shape {value.shape}"
     text = repr(value)
     return text if len(text) <= MAX_SHOWN_VALUE else f"{text[: MAX_SHOWN_VALUE - 3]}..."
 
@@ -158,19 +109,25 @@ def _parse_label(path: Path, line: int, column: str, value: Any) -> str:
     return label
 
 
-def parse_record(path: Path, line: int, row: Mapping[str, Any], roles: dict[str, str]) -> Record:
+def parse_record(
+    path: Path, line: int, row: Mapping[str, Any], roles: dict[str, str], *,
+    modalities: Mapping[str, str] | None = None, captions: CaptionMaker | None = None,
+) -> Record:
     """Validate one row and build its :class:`Record`.
 
     Args:
-        path: the data file (for messages).
+        path: the data file (for messages; relative image paths start at its folder).
         line: where the row sits in the file.
         row: file column -> raw value.
         roles: role -> file column, in role order (from :func:`resolve_roles`).
+        modalities: item role -> ``text`` or ``image`` (from :func:`resolve_modalities`);
+            default: every role holds texts.
+        captions: fills the caption role from the label (the roles need a label).
 
     Raises:
         DataError: ``file:line: column: what is wrong`` for the first bad value.
     """
-    texts: dict[str, str] = {}
+    items: dict[str, Item] = {}
     label: str | None = None
     score: float | None = None
     for role, column in roles.items():
@@ -183,13 +140,52 @@ def parse_record(path: Path, line: int, row: Mapping[str, Any], roles: dict[str,
                 score = _parse_score(path, line, field, value)
             case "label":
                 label = _parse_label(path, line, field, value)
+            case _ if modalities and modalities.get(item_role(role)) == "image":
+                items[role] = parse_image(path, line, field, value)
             case _:
-                texts[role] = _parse_text(path, line, field, value)
-    negatives = tuple(text for role, text in texts.items() if role.startswith("negative"))
+                items[role] = _parse_text(path, line, field, value)
+    made = None
+    if captions is not None:
+        if label is None:
+            raise DataError(path, line, None, "captions are made from labels: map a label column")
+        made = captions(path, line, printable(roles["label"]), label)
+        items[captions.role] = made.texts[0]
+    negatives = tuple(item for role, item in items.items() if role.startswith("negative"))
     return Record(
-        anchor=texts["anchor"], positive=texts.get("positive"), negatives=negatives,
-        label=label, score=score, line=line,
+        anchor=items["anchor"], positive=items.get("positive"), negatives=negatives,
+        label=label, score=score, line=line, captions=made,
     )
+
+
+def record_fingerprint(record: Record) -> str:
+    """A stable text of a record for data fingerprints (is a resumed run reading the same
+    data?), equal across processes and machines.
+
+    For a record of texts without captions it is ``repr`` of the tuple of its fields as
+    ``dataclasses.astuple`` gave before records held images, so existing runs keep their
+    fingerprints. An image is its key, plus for an array row the SHA-256 of its pixels (an
+    array file's rows are named by position, so the key alone would miss changed pixels); a
+    caption record adds its caption texts.
+    """
+    fields = (_item_fingerprint(record.anchor),
+              None if record.positive is None else _item_fingerprint(record.positive),
+              tuple(_item_fingerprint(item) for item in record.negatives),
+              record.label, record.score, record.line)
+    text = repr(fields)
+    if record.captions is not None:
+        text += repr((record.captions.role, record.captions.texts))
+    return text
+
+
+def _item_fingerprint(item: Item) -> str:
+    if isinstance(item, str):
+        return item
+    assert isinstance(item, ImageItem)
+    if item.array is not None:
+        pixels = np.ascontiguousarray(item.array)
+        digest = hashlib.sha256(pixels.tobytes()).hexdigest()
+        return f"\x00image\x00{item.key}\x00{pixels.shape}\x00{digest}"
+    return f"\x00image\x00{item.key}"
 
 
 def rejects_path_for(config: DataConfig, rejects_dir: Path | None = None) -> Path:
@@ -246,6 +242,16 @@ def _stat(path: Path, field: str) -> os.stat_result | None:
             from None
 
 
+def _raw_json(value: Any) -> str:
+    """A raw value JSON cannot hold, as the rejects file shows it: an array or long bytes (an
+    image) described, anything else as ``str``."""
+    if isinstance(value, np.ndarray):
+        return f"<{value.dtype} array of shape {value.shape}>"
+    if isinstance(value, bytes | bytearray) and len(value) > MAX_RAW_BYTES:
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
 class _Rejects:
     """Counts bad records and writes each as one JSON line; the file is created on first use."""
 
@@ -266,7 +272,7 @@ class _Rejects:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # A lone surrogate (from a JSON escape) is written back as the same \udXXX escape.
                 self._file = self.path.open("w", encoding="utf-8", errors="backslashreplace")
-            self._file.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+            self._file.write(json.dumps(entry, ensure_ascii=False, default=_raw_json) + "\n")
         except OSError as exc:
             raise DataError(self.path, None, self.field,
                             f"cannot write the rejects file: {exc.strerror or exc}") from None
@@ -291,17 +297,27 @@ def load_records(
         key: where ``config`` sits in the user's config, for messages (``data.rejects``).
 
     Returns:
-        The records in file order, the roles present, and what was skipped.
+        The records in file order, the roles present (a caption role included), what each
+        item role holds, and what was skipped.
 
     Raises:
         DataError: a missing or unreadable file, an unknown role, a mapped column that is not in
-            the file, no anchor column, a bad rejects path (with ``on_bad_record: skip``, checked
-            before reading), a bad record (with ``on_bad_record: error``), or no valid record.
+            the file, no anchor column, a modality or caption setting that does not fit the
+            data, a bad rejects path (with ``on_bad_record: skip``, checked before reading), a
+            bad record (with ``on_bad_record: error``), or no valid record.
     """
     path = Path(config.path)
     fmt = detect_format(path, config.format)
-    header = read_header(path, fmt)
-    roles = resolve_roles(path, config.columns, header, fmt)
+    layout = read_npz_layout(path) if fmt == "npz" else None
+    header = list(layout.columns) if layout is not None else read_header(path, fmt)
+    captioned = config.captions.role if config.captions is not None else None
+    roles = resolve_roles(path, config.columns, header, fmt, captioned=captioned)
+    captions = None
+    if config.captions is not None:
+        captions = CaptionMaker.from_config(config.captions, path, fmt, layout, key)
+    modalities = None
+    if roles is not None:
+        modalities = prepare_roles(path, roles, config, layout, key)
     rejects = None
     if config.on_bad_record == "skip":
         rejects = _Rejects(rejects_path_for(config, rejects_dir), f"{key}.rejects")
@@ -309,10 +325,13 @@ def load_records(
     records: list[Record] = []
     try:
         for line, row in read_rows(path, fmt, on_error=rejects.add if rejects else None):
-            if roles is None:  # JSONL without a mapping: the first object's keys decide
-                roles = _ordered(path, {k: k for k in row if is_role(k)}, list(row))
+            if roles is None or modalities is None:  # JSONL without a mapping: the first
+                roles = ordered_roles(path, {k: k for k in row if is_role(k)}, list(row),  # keys
+                                 captioned)
+                modalities = prepare_roles(path, roles, config, layout, key)
             try:
-                records.append(parse_record(path, line, row, roles))
+                records.append(parse_record(path, line, row, roles, modalities=modalities,
+                                            captions=captions))
             except DataError as error:
                 if rejects is None:
                     raise
@@ -324,8 +343,10 @@ def load_records(
     if not records:
         extra = f" ({skipped} skipped, see {rejects.path})" if rejects and skipped else ""
         raise DataError(path, None, None, f"no valid records{extra}")
+    present = tuple(sorted({*(roles or ()), *([captioned] if captioned else [])},
+                           key=role_order))
     return RecordSet(
-        path=path, records=records, roles=tuple(roles or ()), skipped=skipped,
+        path=path, records=records, roles=present, skipped=skipped,
         rejects_path=rejects.path if rejects and skipped else None,
-        skipped_examples=rejects.examples if rejects else [],
+        skipped_examples=rejects.examples if rejects else [], modalities=dict(modalities or {}),
     )

@@ -1,4 +1,5 @@
-"""Readers: rows from JSONL, CSV, TSV, Parquet and plain-text files, each with its line number.
+"""Readers: rows from JSONL, CSV, TSV, Parquet, plain-text and ``.npz`` files, each with its line
+number.
 
 Every reader yields ``(line, row)`` where ``row`` maps a file column to its raw value and ``line``
 is where the row sits in the file, as the user sees it:
@@ -12,6 +13,9 @@ is where the row sits in the file, as the user sees it:
   "row N".
 - Plain text: the 1-based physical line (ending at ``\\n``); blank lines are skipped. The one
   column is ``text``.
+- ``.npz`` arrays (``data.arrays``): the 1-based row number, as for parquet. The columns are the
+  arrays whose first dimension is the row count; a 1-D row value is a Python scalar, a row of an
+  image array a read-only ``(H, W, 3)`` (or ``(H, W)``) view.
 
 Bytes are decoded one physical line at a time (a byte-order mark before the first is dropped), so
 a byte that is not UTF-8 is reported at its own line, never at a line the decoder read ahead to.
@@ -40,7 +44,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 from contralign.core.errors import DataError
 
-FileFormat = Literal["jsonl", "csv", "tsv", "parquet", "txt"]
+FileFormat = Literal["jsonl", "csv", "tsv", "parquet", "txt", "npz"]
 Row = dict[str, Any]
 OnError = Callable[[DataError, Any], None]
 
@@ -52,6 +56,7 @@ EXTENSIONS: dict[str, FileFormat] = {
     ".tsv": "tsv",
     ".parquet": "parquet",
     ".txt": "txt",
+    ".npz": "npz",
 }
 TEXT_COLUMN = "text"
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
@@ -80,7 +85,7 @@ def detect_format(path: str | Path, fmt: str = "auto") -> FileFormat:
         known = ", ".join(EXTENSIONS)
         raise DataError(
             path, None, None, f"cannot tell the format from {suffix or 'no extension'!r} "
-            f"(known: {known}); set format: jsonl|csv|tsv|parquet|txt"
+            f"(known: {known}); set format: jsonl|csv|tsv|parquet|txt|npz"
         )
     return EXTENSIONS[suffix]
 
@@ -108,6 +113,10 @@ def read_header(path: str | Path, fmt: str = "auto") -> list[str] | None:
         case "parquet":
             with _open_binary_checked(path) as f:
                 return _parquet_names(path, _parquet_file(path, f))
+        case "npz":
+            from contralign.data.arrays import read_npz_layout
+
+            return list(read_npz_layout(path).columns)
         case "csv" | "tsv" as delimited:
             with closing(_Feed(_lines(path, split_cr=True))) as feed:
                 return _delimited_header(path, feed, _DELIMITERS[delimited])
@@ -122,7 +131,7 @@ def read_rows(
     Args:
         path: the data file.
         fmt: ``auto`` (from the extension) or one of ``jsonl``, ``csv``, ``tsv``, ``parquet``,
-            ``txt``.
+            ``txt``, ``npz``.
         on_error: called with ``(error, raw text)`` for a record that cannot be read; reading
             then goes on. Without it, such a record raises.
 
@@ -142,6 +151,10 @@ def read_rows(
             yield from _read_parquet(path, on_error)
         case "txt":
             yield from _read_txt(path, on_error)
+        case "npz":
+            from contralign.data.arrays import read_npz_rows
+
+            yield from read_npz_rows(path)
 
 
 def _fail(error: DataError, raw: Any, on_error: OnError | None) -> None:
@@ -303,6 +316,8 @@ def value_kind(value: Any) -> str:
             return "a string"
         case list() | tuple():
             return "an array"
+        case bytes() | bytearray():
+            return "bytes"
         case dict():
             return "an object"
     return type(value).__name__
@@ -440,13 +455,13 @@ def _parquet_file(path: Path, f: BinaryIO) -> Any:
     try:
         return pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as exc:  # what pyarrow raises for bytes it cannot parse
-        raise DataError(path, None, None, f"not a readable parquet file: {_first_line(exc)}") \
+        raise DataError(path, None, None, f"not a readable parquet file: {first_line(exc)}") \
             from None
     except UnicodeDecodeError:  # a column path in the metadata
         raise DataError(path, None, None, _BAD_PARQUET_NAME) from None
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """The first line of pyarrow's message, control characters escaped (they do appear)."""
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
@@ -473,7 +488,7 @@ def _read_parquet(path: Path, on_error: OnError | None) -> Iterator[tuple[int, R
                 batch = next(batches, None)
             except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
                 raise DataError(path, None, None, f"damaged parquet data after row {row}: "
-                                f"{_first_line(exc)}") from None
+                                f"{first_line(exc)}") from None
             if batch is None:
                 return
             try:
@@ -502,3 +517,4 @@ def _parquet_row(
             _fail(DataError(path, row, printable(name), message), raw, on_error)
             return None
     return values
+
