@@ -77,12 +77,15 @@ class AlignmentModel(nn.Module):
         self.caches = {name: FeatureCache() for name in self.frozen}
 
     @classmethod
-    def single(cls, tower: nn.Module, momentum: float | None = None) -> AlignmentModel:
-        """One tower for every role; with ``momentum``, positives from a momentum copy (MoCo)."""
+    def single(cls, tower: nn.Module, momentum: float | None = None, *,
+               frozen: bool = False) -> AlignmentModel:
+        """One tower for every role; with ``momentum``, positives from a momentum copy (MoCo);
+        ``frozen``: its backbone locked (only its head trains)."""
+        locked = [ONE_TOWER] if frozen else []
         if momentum is None:
-            return cls({ONE_TOWER: tower}, {"anchor": ONE_TOWER, "positive": ONE_TOWER})
+            return cls({ONE_TOWER: tower}, {"anchor": ONE_TOWER, "positive": ONE_TOWER}, locked)
         towers = {ONE_TOWER: tower, "momentum": MomentumEncoder(tower, momentum)}
-        return cls(towers, {"anchor": ONE_TOWER, "positive": "momentum"},
+        return cls(towers, {"anchor": ONE_TOWER, "positive": "momentum"}, locked,
                    sources={"momentum": ONE_TOWER})
 
     # --- what embeds what -----------------------------------------------------------------
@@ -106,6 +109,12 @@ class AlignmentModel(nn.Module):
     @property
     def anchor_tower(self) -> nn.Module:
         return self.tower_for("anchor")
+
+    def side(self, role: str) -> nn.Module:
+        """The online tower that embeds ``role`` for evaluation and search: a momentum copy's
+        source stands for the copy."""
+        name = self.tower_name(role)
+        return self.towers[self.sources.get(name, name)]
 
     def embed(self, role: str, inputs: dict[str, Tensor], keys: Tensor | None = None) -> Tensor:
         """``(n, D)``: ``inputs`` of ``role`` through its tower. A locked tower takes its

@@ -19,15 +19,79 @@ from contralign.objectives.registry import OBJECTIVES
 MAX_LENGTH_LIMIT = 131_072
 
 
-class ModelConfig(StrictConfig):
-    """The text tower. Unset fields keep the model folder's own settings."""
+class TowerConfig(StrictConfig):
+    """One tower. Unset fields keep the model folder's own settings.
+
+    ``frozen`` locks the backbone (LiT): no gradient, no optimiser state, eval mode, features
+    cached per item; its projection head (``projection_dim``), if any, trains. ``momentum_of``
+    makes the tower a momentum copy of another tower (MoCo keys), moved by ``momentum`` after
+    each step; a copy takes no other key.
+    """
 
     name: str = DEFAULT_MODEL
-    tower: TowerKind = "auto"  # auto: static vectors/folders -> static tower, else transformer
+    tower: TowerKind = "auto"  # auto: from the name or folder; transformer | static | image
     pooling: PoolingMode | None = None
     normalize: bool | None = None
     max_length: int | None = Field(default=None, gt=0, le=MAX_LENGTH_LIMIT)
     projection_dim: int | None = Field(default=None, gt=0)
+    frozen: bool = False
+    momentum_of: str | None = None
+    momentum: float = Field(default=0.999, ge=0, le=1)
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings that replace the folder's (those set, of the tower's own keys)."""
+        keys = ("pooling", "normalize", "max_length", "projection_dim")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+
+class ModelConfig(TowerConfig):
+    """The towers: one tower's keys (``name``, ``pooling``, ...), or ``towers`` naming several
+    and ``roles`` mapping ``anchor`` and ``positive`` to them (``image``/``text``: LiT, CLIP)."""
+
+    towers: dict[str, TowerConfig] = {}
+    roles: dict[Literal["anchor", "positive"], str] = {}
+
+    @model_validator(mode="after")
+    def _check_towers(self) -> ModelConfig:
+        if not self.towers:
+            if self.roles:
+                raise ValueError("roles: name the towers under model.towers first")
+            if self.momentum_of is not None:
+                raise ValueError("momentum_of: a one-tower model has no other tower to follow")
+            return self
+        one_tower = sorted(self.model_fields_set - {"towers", "roles"})
+        if one_tower:
+            raise ValueError(f"{one_tower[0]}: with model.towers, set it per tower "
+                             f"(model.towers.<name>.{one_tower[0]})")
+        if set(self.roles) != {"anchor", "positive"}:
+            raise ValueError("roles: map both anchor and positive to a tower, e.g. "
+                             "{anchor: image, positive: text}")
+        for role, name in self.roles.items():
+            if name not in self.towers:
+                raise ValueError(f"roles.{role}: {name!r} is not one of the towers "
+                                 f"({', '.join(self.towers)})")
+        for name, tower in self.towers.items():
+            _check_copy(name, tower, self.towers)
+        return self
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Momentum copy -> the tower it follows."""
+        return {name: tower.momentum_of for name, tower in self.towers.items()
+                if tower.momentum_of is not None}
+
+
+def _check_copy(name: str, tower: TowerConfig, towers: dict[str, TowerConfig]) -> None:
+    if tower.momentum_of is None:
+        return
+    source = towers.get(tower.momentum_of)
+    if source is None or source.momentum_of is not None:
+        raise ValueError(f"towers.{name}.momentum_of: {tower.momentum_of!r} must name another "
+                         "tower that is not a momentum copy itself")
+    extra = sorted(tower.model_fields_set - {"momentum_of", "momentum"})
+    if extra:
+        raise ValueError(f"towers.{name}.{extra[0]}: a momentum copy takes only momentum_of and "
+                         "momentum (it copies its tower's settings)")
 
 
 class ObjectiveConfig(StrictConfig):
@@ -184,6 +248,21 @@ class TrainConfig(StrictConfig):
         views_only = "views" in OBJECTIVES[self.objective.name].requires
         if self.views and len(self.views) < 2 and not views_only:
             raise ValueError("views: give at least two views (one per side of each pair)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_momentum(self) -> TrainConfig:
+        towers = self.model.towers
+        if not towers:
+            return self
+        if "momentum" in (self.objective.model_extra or {}):
+            raise ValueError("objective.momentum: with model.towers, make the key tower a "
+                             "momentum copy: model.towers.<name>: {momentum_of: <tower>, "
+                             "momentum: 0.999}, mapped to the positive role")
+        if OBJECTIVES[self.objective.name].momentum_keys \
+                and towers[self.model.roles["positive"]].momentum_of is None:
+            raise ValueError(f"model.roles.positive: {self.objective.name} takes its keys from a "
+                             "momentum copy: map positive to a tower with momentum_of")
         return self
 
     @model_validator(mode="after")

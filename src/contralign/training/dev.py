@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contralign.encoders.model import AlignmentModel
 from contralign.evaluation import (
+    Sides,
     evaluate_all,
     geometry_from_records,
     read_pairs,
@@ -38,12 +40,15 @@ class DevSets:
     def __bool__(self) -> bool:
         return bool(self.evaluators)
 
-    def evaluate(self, encoder: Any) -> dict[str, float]:
+    def evaluate(self, model: AlignmentModel) -> dict[str, float]:
+        """Every dev metric of ``model``: anchors embedded by the anchor's tower, positives by
+        the positive's (a momentum copy's source stands for the copy)."""
         if not self.evaluators:
             return {}
-        was_training = encoder.training
-        encoder.eval()
+        was_training = model.training
+        model.eval()
         try:
-            return evaluate_all(encoder, self.evaluators)
+            return evaluate_all(Sides(model.side("anchor"), model.side("positive")),
+                                self.evaluators)
         finally:
-            encoder.train(was_training)
+            model.train(was_training)

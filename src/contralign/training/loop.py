@@ -31,6 +31,8 @@ from contralign.data import (
     rejects_path_for,
 )
 from contralign.encoders.loading import Tower, load_tower
+from contralign.encoders.model import AlignmentModel
+from contralign.encoders.momentum import MomentumEncoder
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
 from contralign.training.cached import ChunkSize, accumulate_gradients
@@ -41,7 +43,7 @@ from contralign.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from contralign.training.config import TrainConfig
+from contralign.training.config import TowerConfig, TrainConfig
 from contralign.training.dev import DevSets
 from contralign.training.distributed import (
     broadcast_state,
@@ -79,25 +81,59 @@ class RunResult:
     pairs_per_second: float = 0.0
 
 
-def build_encoder(config: TrainConfig) -> Tower:
-    """The tower the config names (static vectors, a static folder, or a transformers model).
+def build_tower(config: TowerConfig) -> Tower:
+    """The tower a tower config names (static vectors or folder, an image network, or a
+    transformers model), with the config's settings in place of the folder's.
 
     Raises:
+        ModelNotFoundError: nothing loadable under that name.
         ConfigError: a setting the tower does not have (``pooling`` on a static tower).
     """
-    overrides = {k: v for k, v in config.model.model_dump(exclude={"name", "tower"}).items()
-                 if v is not None}
-    return load_tower(config.model.name, config.model.tower, **overrides)
+    return load_tower(config.name, config.tower, **config.overrides())
 
 
-def build_task(config: TrainConfig, encoder: Tower) -> ContrastiveTask:
-    """The task ``fit`` trains: ``encoder`` (in length groups, as ``train.tokens_per_group``
-    says for ``train.device``) and the objective the config names."""
-    set_length_groups(encoder, config.train.tokens_per_group, resolve_device(config.train.device))
+def build_encoder(config: TrainConfig) -> Tower:
+    """The tower of a one-tower config (``build_model`` for any config)."""
+    return build_tower(config.model)
+
+
+def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentModel:
+    """The towers and role map ``config.model`` describes; ``encoder``: an already-loaded
+    tower for a one-tower config.
+
+    Raises:
+        ConfigError: towers of different widths (the objective compares their embeddings).
+    """
+    spec = config.model
+    if not spec.towers:
+        tower = encoder if encoder is not None else build_tower(spec)
+        return AlignmentModel.single(tower, config.objective.momentum, frozen=spec.frozen)
+    towers: dict[str, Any] = {name: build_tower(tower) for name, tower in spec.towers.items()
+                              if tower.momentum_of is None}
+    dims = {name: tower.dim for name, tower in towers.items()}
+    if len(set(dims.values())) > 1:
+        raise ConfigError(f"model.towers: the towers embed to different widths ({dims}); give "
+                          "them a common projection_dim")
+    for name, source in spec.sources.items():
+        towers[name] = MomentumEncoder(towers[source], spec.towers[name].momentum)
+    frozen = [name for name, tower in spec.towers.items() if tower.frozen]
+    return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources)
+
+
+def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> ContrastiveTask:
+    """The task ``fit`` trains: ``model`` (a one-tower config's tower, or the model of
+    ``build_model``), its text towers in length groups as ``train.tokens_per_group`` says for
+    ``train.device``, and the objective the config names."""
+    if not isinstance(model, AlignmentModel):
+        model = build_model(config, encoder=model)
+    for tower in model.online().values():
+        set_length_groups(tower, config.train.tokens_per_group,
+                          resolve_device(config.train.device))
     info = OBJECTIVES[config.objective.name]
-    objective = build_objective(config.objective.name, config.objective.params, dim=encoder.dim)
-    return ContrastiveTask(encoder, objective, momentum=config.objective.momentum,
-                           views_only="views" in info.requires, precision=config.train.precision,
+    dim = model.anchor_tower.dim
+    objective = build_objective(config.objective.name, config.objective.params, dim=dim)
+    return ContrastiveTask(model, objective, views_only="views" in info.requires,
+                           precision=config.train.precision,
                            mask_duplicates=config.objective.mask_duplicates,
                            split=info.split_for(config.objective.params))
 
@@ -204,8 +240,8 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
         update={"rejects": os.devnull})
     records = load_records(data, rejects_dir=run.path)
     dev = DevSets.from_config(config.eval, rejects_dir=run.path) if main else DevSets()
-    encoder = encoder if encoder is not None else build_encoder(config)
-    task = build_task(config, encoder).to(device)
+    model = build_model(config, encoder)
+    task = build_task(config, model).to(device)
     check_roles(config, records.roles)
     steps = total_steps(config, len(records.records))
     optimizer = build_optimizer(task, config.optim)
@@ -222,11 +258,11 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
                    dev, progress and main)
     seconds = time.perf_counter() - started
     barrier()
-    metrics = dev.evaluate(encoder)
+    metrics = dev.evaluate(model)
     if main:
         if metrics:
             log_metrics(run.path, {"step": state.step, "eval": metrics})
-        encoder.save(run.path / "model",
+        model.save(run.path / "model",
                      extra={"training": _training_fingerprint(config, records, state)})
     run.finish(state.step)
     barrier()  # when fit returns on any rank, the model folder is complete
@@ -410,7 +446,7 @@ def _after_step(
         log_metrics(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
                        "lr": scheduler.get_last_lr()[0]})
     if config.eval.every_steps and state.step % config.eval.every_steps == 0 and dev:
-        metrics = dev.evaluate(task.encoder)
+        metrics = dev.evaluate(task.model)
         log_metrics(run_dir, {"step": state.step, "eval": metrics})
         task.train()
     if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
