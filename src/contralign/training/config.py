@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -71,6 +72,7 @@ class ModelConfig(TowerConfig):
                 raise ValueError(f"roles.{role}: {name!r} is not one of the towers "
                                  f"({', '.join(self.towers)})")
         for name, tower in self.towers.items():
+            _check_name(name)
             _check_copy(name, tower, self.towers)
         return self
 
@@ -79,6 +81,15 @@ class ModelConfig(TowerConfig):
         """Momentum copy -> the tower it follows."""
         return {name: tower.momentum_of for name, tower in self.towers.items()
                 if tower.momentum_of is not None}
+
+
+def _check_name(name: str) -> None:
+    """A tower's name is a folder name in the saved model and a module name in the task."""
+    from torch import nn
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or hasattr(nn.ModuleDict, name):
+        raise ValueError(f"towers: {name!r} cannot name a tower (letters, digits, _ and -, "
+                         "starting with a letter; not a reserved word such as keys or items)")
 
 
 def _check_copy(name: str, tower: TowerConfig, towers: dict[str, TowerConfig]) -> None:
