@@ -22,6 +22,7 @@ from contralign.evaluation import (
     alignment,
     evaluate_all,
     geometry_from_records,
+    modality_gap,
     relevant_ranks,
     retrieval_from_records,
     sts_correlations,
@@ -33,15 +34,18 @@ from contralign.evaluation import (
 
 
 class TableEncoder:
-    """Looks texts up in a table; records every call so tests can count encodings."""
+    """Looks items up in a table (texts by themselves, images by their key); records every call
+    so tests can count encodings. ``modality`` is what ``core.towers.modality_of`` reads."""
 
-    def __init__(self, table: dict[str, np.ndarray]) -> None:
+    def __init__(self, table: dict[str, np.ndarray], modality: str = "text") -> None:
         self.table = table
-        self.calls: list[list[str]] = []
+        self.modality = modality
+        self.calls: list[list[Any]] = []
 
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        self.calls.append(list(texts))
-        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+    def encode(self, items: list[Any], batch_size: int) -> np.ndarray:
+        self.calls.append(list(items))
+        keys = [item if isinstance(item, str) else item.key for item in items]
+        return np.stack([self.table[k] for k in keys]).astype(np.float32)
 
 
 class RecordingEncoder:
@@ -131,6 +135,17 @@ def naive_uniformity(x: np.ndarray, t: float) -> float:
             total += math.exp(-t * sq)
             pairs += 1
     return math.log(total / pairs)
+
+
+def naive_modality_gap(x: np.ndarray, y: np.ndarray) -> float:
+    """Liang et al. 2022: the Euclidean distance between the two sides' centroids on the sphere."""
+
+    def centroid(rows: np.ndarray) -> list[float]:
+        units = [naive_unit(row.tolist()) for row in rows]
+        return [sum(column) / len(units) for column in zip(*units, strict=True)]
+
+    cx, cy = centroid(x), centroid(y)
+    return math.sqrt(sum((p - q) ** 2 for p, q in zip(cx, cy, strict=True)))
 
 
 def naive_spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -325,6 +340,30 @@ def test_geometry_known_answers_and_invariances() -> None:
     assert alignment(x, y) == pytest.approx(alignment(y, x), rel=1e-12)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_modality_gap_matches_naive_loops(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((30, 5)), rng.standard_normal((17, 5)) + 0.5  # sides may differ
+    assert modality_gap(x, y) == pytest.approx(naive_modality_gap(x, y), rel=1e-12)
+
+
+def test_modality_gap_known_answers_and_invariances() -> None:
+    e1, e2 = np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]])
+    assert modality_gap(np.repeat(e1, 4, 0), np.repeat(e2, 3, 0)) == pytest.approx(math.sqrt(2))
+    assert modality_gap(e1, -e1) == pytest.approx(2.0)  # antipodal: the largest gap
+    assert modality_gap(np.vstack([e1, -e1]), e2) == pytest.approx(1.0)  # centroid at 0
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((20, 6)), rng.standard_normal((20, 6))
+    assert modality_gap(x, x) == 0.0
+    gap = modality_gap(x, y)
+    assert modality_gap(y, x) == pytest.approx(gap, rel=1e-12)
+    assert modality_gap(x[rng.permutation(20)], y) == pytest.approx(gap, rel=1e-12)
+    # Each row is normalised first: scaling rows changes nothing.
+    assert modality_gap(x * rng.uniform(0.1, 9.0, (20, 1)), 3.0 * y) == pytest.approx(gap)
+    with pytest.raises(ValueError, match="modality_gap"):
+        modality_gap(x, y[:, :5])
+
+
 def test_geometry_evaluator_uses_the_union_of_distinct_texts() -> None:
     rng = np.random.default_rng(4)
     encoder = TableEncoder(random_table(rng, ["a", "b", "c"], 5))
@@ -335,6 +374,9 @@ def test_geometry_evaluator_uses_the_union_of_distinct_texts() -> None:
     pairs_x = np.stack([table["a"], table["b"], table["a"]])
     pairs_y = np.stack([table["b"], table["c"], table["c"]])
     assert got["alignment"] == pytest.approx(naive_alignment(pairs_x, pairs_y, 2.0), rel=1e-6)
+    # The gap counts each pair's row: "a" twice among the anchors.
+    assert got["modality_gap"] == pytest.approx(naive_modality_gap(pairs_x, pairs_y), rel=1e-6)
+    assert set(got) == {"alignment", "uniformity", "modality_gap"}
 
 
 # --- evaluate_all and records -------------------------------------------------------------

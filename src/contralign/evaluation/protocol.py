@@ -49,9 +49,11 @@ class Sides:
 
     def __post_init__(self) -> None:
         for side in ("query", "document"):
-            if not isinstance(getattr(self, side), Encoder):
+            tower = getattr(self, side)
+            # A str has an ``encode`` method too: a model name passed for a model.
+            if isinstance(tower, str | bytes) or not isinstance(tower, Encoder):
                 raise TypeError(f"Sides.{side}: expected an encoder (with encode), got "
-                                f"{type(getattr(self, side)).__name__}")
+                                f"{type(tower).__name__}")
 
     @classmethod
     def of(cls, encoder: Encoder | Sides) -> Sides:
@@ -103,7 +105,8 @@ class Sides:
             if modality_of(side) == modality:
                 return side
         raise ModalityError(
-            f"this evaluation needs a {modality} tower; the model has "
+            f"this evaluation needs {'an' if modality == 'image' else 'a'} {modality} tower; "
+            f"the model has "
             f"{modality_of(self.query)} (query side) and {modality_of(self.document)} "
             f"(document side)"
         )
