@@ -92,7 +92,9 @@ def modality_gap(x: np.ndarray, y: np.ndarray) -> float:
     """``|| mean_i f(x_i) - mean_i f(y_i) ||_2``: the distance between the centroids of two
     sides' unit-normalised embeddings (Liang et al. 2022, arXiv:2203.02053).
 
-    Each row counts once, so an item paired several times weighs as often as it is paired.
+    The paper's gap vector and the distance its authors' code reports ("Euclidean distance
+    between mass centers" of the normalised image and text features of the pairs). Each row
+    counts once, so an item paired several times weighs as often as it is paired.
 
     Args:
         x: ``(N, D)`` embeddings of one side (images), L2-normalised here.
