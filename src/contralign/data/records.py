@@ -77,14 +77,17 @@ def template_problem(template: str) -> str | None:
     field, and fill in without error."""
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        template.format(label="x")
-    except (ValueError, KeyError, IndexError) as exc:
+    except ValueError as exc:
         return f"not a template: {exc} (write a literal brace as {{{{ or }}}})"
-    if "label" not in fields:
-        return "holds no {label}"
     other = sorted({name for name in fields if name != "label"})
     if other:
         return f"only {{label}} is filled in, not {{{other[0]}}}"
+    if not fields:
+        return "holds no {label}"
+    try:
+        template.format(label="x")
+    except (ValueError, KeyError, IndexError) as exc:
+        return f"not a template: {exc}"
     try:
         _check_encodable(template, "the template")
     except ValueError as exc:
