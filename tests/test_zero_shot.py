@@ -201,6 +201,15 @@ def test_zero_shot_from_records() -> None:
         zero_shot_from_records([SimpleNamespace(anchor=image("a"), label=None, line=4)])
     with pytest.raises(ValueError, match="give class_names"):
         zero_shot_from_records([SimpleNamespace(anchor=image("a"), label=3, line=2)])
+    # Records of an .npz file hold integer labels as decimal texts: indices into class_names.
+    npz_like = [SimpleNamespace(anchor=image("a"), label="2", line=1),
+                SimpleNamespace(anchor=image("b"), label="0", line=2)]
+    assert zero_shot_from_records(npz_like, ["cat", "dog", "bird"]).labels.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="give class_names"):
+        zero_shot_from_records(npz_like)
+    # A class named by digits is a name first.
+    digits = zero_shot_from_records(npz_like, ["2", "0", "x"])
+    assert digits.labels.tolist() == [0, 1]
 
 
 # --- real images: CIFAR-10 with a tiny fake image tower -----------------------------------

@@ -266,29 +266,36 @@ def zero_shot_from_records(
     name: str = "zero_shot",
     batch_size: int = 32,
 ) -> ZeroShotEvaluator:
-    """A ``ZeroShotEvaluator`` over records whose ``anchor`` is an image and ``label`` its class
-    (an index or a name).
+    """A ``ZeroShotEvaluator`` over records whose ``anchor`` is an image and ``label`` its class:
+    a class index, a class name, or (as records read from an ``.npz`` file's integer ``labels``
+    hold it) a decimal text that is not a class name, taken as a class index.
 
     Args:
-        class_names: the classes scored; by default the distinct labels, sorted, when they
-            are all names (class indices need their names given).
+        class_names: the classes scored (e.g. the ``.npz`` file's ``classes``); by default the
+            distinct labels, sorted, when they are all names.
 
     Raises:
         ValueError: no records, a record without a label (the message names its line), a
-            label that is not among ``class_names``, or class indices without ``class_names``.
+            label that is not a class, or class indices without ``class_names``.
     """
     if not records:
         raise ValueError("no records to evaluate on")
-    labels: list[Label] = []
+    raw: list[Label] = []
     for number, record in enumerate(records, start=1):
         label = getattr(record, "label", None)
         if label is None:
             where = f"record at line {getattr(record, 'line', number)}"
             raise ValueError(f"{where}: label: missing (zero-shot evaluation needs labels)")
-        labels.append(label)
+        raw.append(label)
     if class_names is None:
-        if not all(isinstance(label, str) for label in labels):
+        if not all(isinstance(label, str) and not label.isdecimal() for label in raw):
             raise ValueError("labels are class indices: give class_names")
-        class_names = sorted({str(label) for label in labels})
+        class_names = sorted({str(label) for label in raw})
+    names = {str(n) for n in class_names}
+    labels: list[Label] = [
+        int(label) if isinstance(label, str) and label not in names and label.isdecimal()
+        else label
+        for label in raw
+    ]
     return ZeroShotEvaluator([record.anchor for record in records], labels, class_names,
                              templates, name=name, batch_size=batch_size)
