@@ -427,3 +427,36 @@ def test_real_sick_entailment_with_labels() -> None:
     assert {r.label for r in records} == {"ENTAILMENT", "NEUTRAL", "CONTRADICTION"}
     batch = collate(next(iter(PairBatcher(records, 64, seed=0).batches(0))), fake_tokenize)
     assert batch["positive_ids"].unique().numel() <= 3
+
+
+# --- fingerprints --------------------------------------------------------------------------------
+
+
+def test_record_fingerprint_keeps_text_records_and_sees_changed_pixels() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from contralign.core.items import ImageItem
+    from contralign.data import Captions, record_fingerprint
+
+    record = Record(anchor="a", positive="b", negatives=("n1", "n2"), label="1", score=0.5, line=3)
+    # What dataclasses.astuple gave before records held images and captions: runs that started
+    # then still recognise their data.
+    old_fields = dataclasses.astuple(record)[:6]
+    assert record_fingerprint(record) == repr(old_fields)
+    assert record_fingerprint(Record(anchor="a")) == repr(("a", None, (), None, None, 0))
+
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    image = ImageItem.from_array(pixels, "/data/x.npz", 1)
+    changed = pixels.copy()
+    changed[0, 0, 0] = 1
+    same_key = ImageItem.from_array(changed, "/data/x.npz", 1)
+    assert image == same_key  # the same name...
+    assert record_fingerprint(Record(anchor=image)) != record_fingerprint(Record(anchor=same_key))
+    assert record_fingerprint(Record(anchor=image)) == record_fingerprint(
+        Record(anchor=ImageItem.from_array(pixels.copy(), "/data/x.npz", 1)))
+    assert record_fingerprint(Record(anchor=image)) != record_fingerprint(Record(anchor=image.key))
+    with_captions = Record(anchor="a", positive="x", captions=Captions("positive", ("x", "y")))
+    assert record_fingerprint(with_captions) != record_fingerprint(
+        Record(anchor="a", positive="x", captions=Captions("positive", ("x", "z"))))
