@@ -253,3 +253,16 @@ def test_captions_as_the_anchor(tmp_path: Path) -> None:
                                          for r in records]
     # Labels are present, so the positive ids are label ids: same class, masked.
     assert batch["positive_ids"][0] == batch["positive_ids"][2] != batch["positive_ids"][1]
+
+
+def test_jsonl_roles_from_the_first_object_with_captions(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    rows = [{"anchor": "a", "label": "cat"}, {"anchor": "b", "label": "dog"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    result = load_records(DataConfig(path=str(path), captions={"templates": ["a {label}"]}))
+    assert result.roles == ("anchor", "positive", "label")
+    assert [(r.anchor, r.positive) for r in result.records] == [("a", "a cat"), ("b", "a dog")]
+    rows[0]["positive"] = "also mapped"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert error_of(path, captions={"templates": ["a {label}"]}).startswith(
+        f"{path}: data.captions.role: positive comes from captions, but column positive")

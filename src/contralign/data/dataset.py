@@ -326,8 +326,8 @@ def load_records(
     try:
         for line, row in read_rows(path, fmt, on_error=rejects.add if rejects else None):
             if roles is None or modalities is None:  # JSONL without a mapping: the first
-                roles = ordered_roles(path, {k: k for k in row if is_role(k)}, list(row),  # keys
-                                 captioned)
+                mapping = {k: k for k in row if is_role(k)}  # object's keys decide
+                roles = ordered_roles(path, mapping, list(row), captioned)
                 modalities = prepare_roles(path, roles, config, layout, key)
             try:
                 records.append(parse_record(path, line, row, roles, modalities=modalities,

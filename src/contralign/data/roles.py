@@ -32,6 +32,7 @@ ROLE_HELP = "anchor, positive, negative, negative_2, negative_3, …, label, sco
 NPZ_IMAGES = ("images", "image")
 NPZ_LABELS = ("labels", "label")
 
+
 def is_role(name: str) -> bool:
     """Whether ``name`` is a role: anchor, positive, negative[_k], label or score."""
     return _ROLE.fullmatch(name) is not None
@@ -95,7 +96,12 @@ def _npz_conventions(mapping: dict[str, str], header: list[str], captioned: str 
 
 
 def ordered_roles(path: Path, mapping: dict[str, str], available: list[str] | None,
-             captioned: str | None = None) -> dict[str, str]:
+                  captioned: str | None = None) -> dict[str, str]:
+    """``mapping`` in role order.
+
+    Raises:
+        DataError: no anchor column (and no anchor from captions).
+    """
     if "anchor" not in mapping and captioned != "anchor":
         message = "no anchor column: name one with columns: {anchor: <column>}"
         if available is not None:
@@ -180,7 +186,7 @@ def _check_npz_columns(path: Path, roles: Mapping[str, str], modalities: Mapping
 
 
 def prepare_roles(path: Path, roles: dict[str, str], config: DataConfig,
-                   layout: NpzLayout | None, key: str) -> dict[str, Modality]:
+                  layout: NpzLayout | None, key: str) -> dict[str, Modality]:
     """Check the roles against the captions and resolve the modalities.
 
     Raises:
