@@ -216,7 +216,12 @@ def test_text_views_refuse_images() -> None:
 def test_views_use_the_anchor_and_positive_preprocessors() -> None:
     anchor, positive = Spy(char_ids), Spy(char_ids)
     records = view_records(4)
-    TextViews((make_view("identity"),) * 3)(records, {"anchor": anchor, "positive": positive},
-                                            (0, 0, 0), None)
-    assert anchor.calls == [[r.anchor for r in records]]
-    assert len(positive.calls) == 2
+    preprocess = {"anchor": anchor, "positive": positive}
+    TextViews((make_view("identity"),) * 3)(records, preprocess, (0, 0, 0), None)
+    # Views 0 and 2 are embedded by the anchor's tower, view 1 by the positive's.
+    assert anchor.calls == [[r.anchor for r in records],
+                            [r.positive or r.anchor for r in records]]
+    assert positive.calls == [[r.positive or r.anchor for r in records]]
+    anchor.calls, positive.calls = [], []
+    TextViews((make_view("identity"),) * 2, views_only=True)(records, preprocess, (0, 0, 0), None)
+    assert anchor.calls == [] and len(positive.calls) == 2  # 1-to-K: the positive's tower

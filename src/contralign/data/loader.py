@@ -93,8 +93,8 @@ class TextViews:
     is a caption); with ``views_only`` (1-to-K) every view is drawn from the positive. Record
     ``i`` of the batch draws view ``v`` from ``view_rng(seed, epoch, batch, i, v)``, whichever
     rows this process preprocesses, so a resumed run and every process draw the same views.
-    View 0 goes through the anchor's preprocessor unless ``views_only``; the others through the
-    positive's.
+    Each view goes through the preprocessor of the tower that embeds it: view 1 (every view
+    with ``views_only``) the positive's, the others the anchor's.
     """
 
     views: tuple[View, ...]
@@ -112,7 +112,9 @@ class TextViews:
             sources = anchors if from_anchor else positives
             texts = [view(_text(sources[i], records[i]), view_rng(*position, i, v))
                      for i in range(start, stop)]
-            role = "anchor" if from_anchor else "positive"
+            # The tower that embeds it: views 0 and 2+ the anchor's, view 1 (or every view
+            # of 1-to-K) the positive's.
+            role = "positive" if self.views_only or v == 1 else "anchor"
             preprocessed.append(preprocessor_for(preprocess, role)(texts))
         out: dict[str, Any] = {"views": preprocessed}
         if not self.views_only:
