@@ -141,7 +141,7 @@ def test_encode_writes_exactly_the_path_named(trained, tmp_path):
 def test_a_setting_the_tower_lacks_is_a_config_error(tiny_model_dir):
     from contralign.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.pooling: a static tower has no such setting"):
+    with pytest.raises(ConfigError, match="model.pooling: the static tower has no such setting"):
         contralign.load_tower("wordllama-256", pooling="cls")
-    with pytest.raises(ConfigError, match="model.projection_dim: a static tower has no such"):
+    with pytest.raises(ConfigError, match="model.projection_dim: the static tower has no such"):
         contralign.load_tower("wordllama-256", projection_dim=8)

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import PAIRS
 
 import contralign
 from contralign.core.errors import ConfigError
-from contralign.encoders.model import AlignmentModel, load_model
+from contralign.encoders.loading import load_model
+from contralign.encoders.model import AlignmentModel
 from contralign.training.config import TrainConfig
 from contralign.training.loop import build_model, build_optimizer, build_task, fit
-from tests.conftest import PAIRS
 
 COLUMNS = {"anchor": "query", "positive": "doc"}
 
@@ -138,8 +139,9 @@ def test_a_momentum_copy_is_a_tower(tiny_model_dir, pairs_file, tmp_path):
      "'keys' cannot name a tower"),
 ])
 def test_model_configs_are_checked(model, message):
-    from contralign.core.config import describe_validation_error
     from pydantic import ValidationError
+
+    from contralign.core.config import describe_validation_error
 
     with pytest.raises(ValidationError) as info:
         TrainConfig.model_validate({"model": model, "data": {"path": "x.jsonl"}})
@@ -160,3 +162,23 @@ def test_one_tower_models_are_the_special_case(tiny_model_dir):
     model = AlignmentModel.single(tower)
     assert model.tower_for("anchor") is model.tower_for("positive") is tower
     assert model.tower_for("negative.0") is tower and model.side("positive") is tower
+
+
+def test_one_tower_of_a_model_of_several_is_chosen_by_name_or_modality(tiny_model_dir,
+                                                                        tmp_path):
+    from contralign.core.errors import ModelNotFoundError
+
+    image = contralign.load_tower("efficientnet-lite0", image_size=32, projection_dim=32)
+    text = contralign.load_tower(str(tiny_model_dir))
+    AlignmentModel({"image": image, "text": text},
+                   {"anchor": "image", "positive": "text"}).save(tmp_path / "m")
+    assert contralign.load_tower(str(tmp_path / "m"), tower="image").modality == "image"
+    assert contralign.load_tower(str(tmp_path / "m"), tower="text").kind == "text"
+    with pytest.raises(ModelNotFoundError, match=r"holds several towers: image \(image\), "
+                                                 r"text \(text\); choose one with --tower"):
+        contralign.load_tower(str(tmp_path / "m"))
+    with pytest.raises(ModelNotFoundError, match="'audio' names no single tower"):
+        contralign.load_tower(str(tmp_path / "m"), tower="audio")
+    model = load_model(tmp_path / "m")
+    assert model.roles == {"anchor": "image", "positive": "text"}
+    assert model.towers["image"].fingerprint() == image.fingerprint()

@@ -5,7 +5,9 @@ A folder contralign saved names its tower kind in ``contralign.json`` (``"tower"
 image backbones (``efficientnet-lite0``, ``timm/<model name>``) load as an image tower,
 pretrained static vectors or a static-embedding folder as a static tower, anything else
 (a transformers or sentence-transformers folder, an installed model package, a hub id) as a text
-transformer. A run directory stands for its ``model/`` folder.
+transformer. A run directory stands for its ``model/`` folder. A model of several towers (its
+``contralign.json`` says ``"tower": "model"``) loads whole with ``load_model``, or one of its
+towers with ``load_tower(..., tower=NAME)`` (a tower's name, or its modality).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.outputs import MODEL, RUN, is_owned, read_manifest
 from contralign.encoders.folder import TextEncoderConfig
 from contralign.encoders.image import ImageTower, ImageTowerConfig, is_image_model
+from contralign.encoders.model import MULTI_TOWER, AlignmentModel, read_model
 from contralign.encoders.static import StaticEncoder, StaticEncoderConfig, is_static_model
 from contralign.encoders.text import TextEncoder
 
-TowerKind = Literal["auto", "transformer", "static"]
+TowerKind = Literal["auto", "transformer", "static", "image"]
 Tower = TextEncoder | StaticEncoder | ImageTower
 
 # contralign.json's tower kind -> (the class that loads it, the settings it takes).
@@ -32,14 +35,17 @@ TOWERS: dict[str, tuple[type[TextEncoder] | type[StaticEncoder] | type[ImageTowe
 }
 
 
-def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", **overrides: Any) -> Tower:
+def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", *, tower: str | None = None,
+               **overrides: Any) -> Tower:
     """Load the tower ``name_or_path`` names, whatever its kind.
 
     Args:
         name_or_path: a model folder (ours, sentence-transformers' or transformers'), a run
             directory (its ``model/``), pretrained static vectors (``wordllama-256``), an
             installed model package or a hub id.
-        kind: ``auto`` (decide from the folder), or force ``transformer`` / ``static``.
+        kind: ``auto`` (decide from the folder), or force ``transformer`` / ``static`` /
+            ``image``.
+        tower: in a model of several towers, the one to load (its name or its modality).
         overrides: settings that replace the folder's (``pooling``, ``normalize``,
             ``max_length``, ...); each must be one the tower has.
 
@@ -47,21 +53,74 @@ def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", **overrides: 
         ModelNotFoundError: nothing loadable under that name.
         ConfigError: an override the tower does not have (``model.pooling`` on a static tower).
     """
-    name = model_source(str(name_or_path))
+    name = choose_tower(model_source(str(name_or_path)), tower)
     match kind:
-        case "static":
-            tower_kind = "static"
         case "transformer":
             tower_kind = "text"
+        case "static" | "image":
+            tower_kind = kind
         case _:
             tower_kind = detect_kind(name)
     cls, settings = TOWERS[tower_kind]
     accepted = [f.name for f in dataclasses.fields(settings)]
     for key in overrides:
         if key not in accepted:
-            raise ConfigError(f"model.{key}: a {tower_kind} tower has no such setting (it takes "
+            raise ConfigError(f"model.{key}: the {tower_kind} tower has no such setting (it takes "
                               f"{', '.join(accepted)})")
     return cls.from_pretrained(name, **overrides)
+
+
+def load_model(name_or_path: str | Path) -> AlignmentModel:
+    """Every tower of a model and its role map: a model of several towers as saved, or one
+    tower for every role.
+
+    Raises:
+        ModelNotFoundError: nothing loadable under that name.
+    """
+    name = model_source(str(name_or_path))
+    if multi_tower(name) is not None:
+        return read_model(name)
+    return AlignmentModel.single(load_tower(name))
+
+
+def multi_tower(name: str) -> dict[str, Any] | None:
+    """The ``model`` section of a model folder of several towers, or None for anything else."""
+    folder = Path(name).expanduser()
+    manifest = read_manifest(folder, MODEL) if folder.is_dir() else None
+    if manifest is None or manifest.get("tower") != MULTI_TOWER:
+        return None
+    spec = manifest.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("towers"), dict):
+        raise ModelNotFoundError(f"model: {folder / MODEL.manifest}: no towers listed")
+    return spec
+
+
+def choose_tower(name: str, tower: str | None) -> str:
+    """The folder of one tower: ``name`` itself, or the subfolder of a model of several towers
+    that ``tower`` names (by tower name, or by modality when one tower has it).
+
+    Raises:
+        ModelNotFoundError: a model of several towers without a (matching) choice, or a choice
+            for a model of one tower that does not match it.
+    """
+    spec = multi_tower(name)
+    if spec is None:
+        return name
+    kinds: dict[str, str] = {str(k): str(v) for k, v in spec["towers"].items()}
+    listed = ", ".join(f"{n} ({k})" for n, k in kinds.items())
+    if tower is None:
+        raise ModelNotFoundError(f"model: {name} holds several towers: {listed}; choose one "
+                                 "with --tower NAME")
+    if tower in kinds:
+        return str(Path(name) / tower)
+    modality = [n for n, k in kinds.items() if _modality(k) == tower]
+    if len(modality) == 1:
+        return str(Path(name) / modality[0])
+    raise ModelNotFoundError(f"--tower: {tower!r} names no single tower of {name} ({listed})")
+
+
+def _modality(kind: str) -> str:
+    return "image" if kind == "image" else "text"
 
 
 def detect_kind(name: str) -> str:
@@ -74,6 +133,9 @@ def detect_kind(name: str) -> str:
     manifest = read_manifest(folder, MODEL) if folder.is_dir() else None
     if manifest is not None:
         kind = str(manifest["tower"])
+        if kind == MULTI_TOWER:
+            raise ModelNotFoundError(f"model: {name} holds several towers; load it with "
+                                     "load_model, or choose one tower")
         if kind not in TOWERS:
             raise ModelNotFoundError(f"model: {folder / MODEL.manifest}: unknown tower kind "
                                      f"{kind!r} (known: {', '.join(TOWERS)})")

@@ -34,6 +34,7 @@ from contralign.encoders.momentum import MomentumEncoder
 # Roles a batch holds, and the role whose tower each embeds with.
 ROLE_OF = {"anchor": "anchor", "view": "anchor", "positive": "positive", "negative": "positive"}
 ONE_TOWER = "tower"  # the name of a one-tower model's tower
+MULTI_TOWER = "model"  # contralign.json's tower kind of a model of several towers
 
 
 class AlignmentModel(nn.Module):
@@ -152,7 +153,7 @@ class AlignmentModel(nn.Module):
         with atomic_directory(path, MODEL) as tmp:
             for name, tower in online.items():
                 tower.save(tmp / name)
-            manifest = {"tower": "model", "model": {
+            manifest = {"tower": MULTI_TOWER, "model": {
                 "towers": {name: tower.kind for name, tower in online.items()},
                 "roles": self.roles, "frozen": sorted(self.frozen)}, **(extra or {})}
             (tmp / MODEL.manifest).write_text(_json(manifest), encoding="utf-8")
@@ -193,8 +194,9 @@ class FeatureCache:
         return torch.stack([self.rows[key] for key in ids])
 
 
-def load_model(path: str | Path) -> AlignmentModel:
-    """A saved model of several towers (the top-level ``contralign.json`` names them).
+def read_model(path: str | Path) -> AlignmentModel:
+    """A saved model of several towers (the top-level ``contralign.json`` names them); load any
+    model with ``encoders.loading.load_model``.
 
     Raises:
         ModelNotFoundError: not a model folder of several towers.

@@ -35,13 +35,14 @@ class TowerConfig(StrictConfig):
     normalize: bool | None = None
     max_length: int | None = Field(default=None, gt=0, le=MAX_LENGTH_LIMIT)
     projection_dim: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, gt=0, le=4096)  # image towers: input pixels
     frozen: bool = False
     momentum_of: str | None = None
     momentum: float = Field(default=0.999, ge=0, le=1)
 
     def overrides(self) -> dict[str, Any]:
         """The settings that replace the folder's (those set, of the tower's own keys)."""
-        keys = ("pooling", "normalize", "max_length", "projection_dim")
+        keys = ("pooling", "normalize", "max_length", "projection_dim", "image_size")
         return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
