@@ -126,8 +126,8 @@ class Ours:
     """contralign's trainer step with the gradient cache, on a task built as ``fit`` builds it."""
 
     def __init__(self, tower: str, size: int, args: argparse.Namespace, tiled: bool) -> None:
+        from contralign.training.build import build_encoder, build_task
         from contralign.training.config import TrainConfig
-        from contralign.training.loop import build_encoder, build_task
         from contralign.training.optim import build_optimizer, build_scheduler
 
         model = ({"name": str(minilm_path()), "tower": "transformer"} if tower == "minilm"

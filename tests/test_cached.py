@@ -101,8 +101,8 @@ def without_dropout(module: nn.Module) -> nn.Module:
 def make_task(model_dir: Path, name: str, params: dict[str, Any], *, dropout: bool = False,
               precision: str = "fp32") -> Any:
     from contralign.encoders.text import TextEncoder
+    from contralign.training.build import build_task
     from contralign.training.config import TrainConfig
-    from contralign.training.loop import build_task
 
     torch.manual_seed(0)  # the same projection/prototype initialisation in every process
     encoder = TextEncoder.from_pretrained(str(model_dir), max_length=16)

@@ -8,7 +8,7 @@ import torch
 
 from contralign import TextEncoder
 from contralign.encoders.lengths import length_groups, take_rows, trim_padding
-from contralign.training.loop import set_length_groups
+from contralign.training.build import set_length_groups
 
 TEXTS = ["a", "a much longer sentence about nothing in particular that goes on and on",
          "two words", "three short words", "the quick brown fox jumps over the lazy dog",

@@ -16,8 +16,10 @@ import contralign
 from contralign.core.errors import ConfigError
 from contralign.encoders.loading import load_model
 from contralign.encoders.model import AlignmentModel
+from contralign.training.build import build_model, build_task
 from contralign.training.config import TrainConfig
-from contralign.training.loop import build_model, build_optimizer, build_task, fit
+from contralign.training.loop import fit
+from contralign.training.optim import build_optimizer
 
 COLUMNS = {"anchor": "query", "positive": "doc"}
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from contralign.cli.app import app
 from contralign.core.config import load_config
 from contralign.objectives import OBJECTIVES
+from contralign.training.build import build_encoder, build_task
 from contralign.training.config import OptimConfig, TrainConfig
-from contralign.training.loop import build_encoder, build_task
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.recipes import list_recipes
 

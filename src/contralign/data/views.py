@@ -26,7 +26,7 @@ import functools
 import inspect
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 View = Callable[[str, random.Random], str]
@@ -176,6 +176,19 @@ VIEWS: dict[str, Callable[..., str]] = {
     "word_shuffle": word_shuffle,
     "word_repetition": word_repetition,
 }
+
+
+def build_views(configs: Sequence[dict[str, Any]]) -> list[View]:
+    """A config's ``views: [{name: word_deletion, ratio: 0.1}, …]`` -> view functions.
+
+    Raises:
+        ValueError: an unknown view or parameter (the message names it).
+    """
+    views = []
+    for config in configs:
+        params = {k: v for k, v in config.items() if k != "name"}
+        views.append(make_view(str(config.get("name")), **params))
+    return views
 
 
 def make_view(name: str, **params: Any) -> View:

@@ -51,7 +51,7 @@ class AlignmentModel(nn.Module):
             that is frozen or follows no tower, or a frozen name that is not a tower.
     """
 
-    def __init__(self, towers: Mapping[str, nn.Module], roles: Mapping[str, str],
+    def __init__(self, towers: Mapping[str, nn.Module], roles: Mapping[Any, str],
                  frozen: Iterable[str] = (), sources: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(dict(towers))
@@ -96,22 +96,23 @@ class AlignmentModel(nn.Module):
         ``negative.k``)."""
         return self.roles[ROLE_OF[role.split(".")[0]]]
 
-    def tower_for(self, role: str) -> nn.Module:
+    def tower_for(self, role: str) -> Any:
+        """The tower (a ``core.towers.Tower`` module, or a ``MomentumEncoder``) of ``role``."""
         return self.towers[self.tower_name(role)]
 
     def is_momentum(self, role: str) -> bool:
         return isinstance(self.tower_for(role), MomentumEncoder)
 
-    def online(self) -> dict[str, nn.Module]:
+    def online(self) -> dict[str, Any]:
         """The towers that are not momentum copies (what a model folder holds)."""
         return {name: tower for name, tower in self.towers.items()
                 if not isinstance(tower, MomentumEncoder)}
 
     @property
-    def anchor_tower(self) -> nn.Module:
+    def anchor_tower(self) -> Any:
         return self.tower_for("anchor")
 
-    def side(self, role: str) -> nn.Module:
+    def side(self, role: str) -> Any:
         """The online tower that embeds ``role`` for evaluation and search: a momentum copy's
         source stands for the copy."""
         name = self.tower_name(role)
@@ -122,7 +123,7 @@ class AlignmentModel(nn.Module):
         features from the cache (by ``keys``, the rows' item ids) and computes only the missing
         ones; a momentum copy embeds without a graph."""
         name = self.tower_name(role)
-        tower = self.towers[name]
+        tower: Any = self.towers[name]
         if name not in self.frozen:
             return tower(inputs)
         features = self.caches[name].features(tower, inputs, keys)  # (n, F), no graph
@@ -139,7 +140,8 @@ class AlignmentModel(nn.Module):
     def after_step(self) -> None:
         """Move every momentum copy towards its source (after each optimiser step)."""
         for copy, source in self.sources.items():
-            self.towers[copy].update(self.towers[source])
+            momentum: Any = self.towers[copy]
+            momentum.update(self.towers[source])
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -177,8 +179,7 @@ class FeatureCache:
     def __init__(self) -> None:
         self.rows: dict[int, Tensor] = {}
 
-    def features(self, tower: nn.Module, inputs: dict[str, Tensor], keys: Tensor | None
-                 ) -> Tensor:
+    def features(self, tower: Any, inputs: dict[str, Tensor], keys: Tensor | None) -> Tensor:
         """``(n, F)`` features of ``inputs``, from the cache where ``keys`` are known."""
         if keys is None:  # no item ids: compute, do not cache
             with torch.no_grad():

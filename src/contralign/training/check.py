@@ -41,17 +41,15 @@ from contralign.core.dist import is_main_process
 from contralign.core.errors import ConfigError
 from contralign.data import PairBatcher, Record, load_records
 from contralign.objectives import OBJECTIVES
+from contralign.training.batches import collator_for
+from contralign.training.build import build_model, build_task
 from contralign.training.config import ObjectiveConfig, TrainConfig
 from contralign.training.distributed import (
     destroy_process_group,
     init_process_group,
 )
 from contralign.training.loop import (
-    Tower,
     apply_gradients,
-    build_encoder,
-    build_task,
-    collate_batch,
     draw_loader_seed,
     seed_everything,
     step_gradients,
@@ -59,7 +57,6 @@ from contralign.training.loop import (
 )
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.task import ContrastiveTask
-from contralign.training.views import build_views
 
 PATHS = ("cached", "tiled", "distributed")
 SETTINGS = {"cached": "chunks of {}", "tiled": "tiles of {}", "distributed": "{} processes"}
@@ -203,7 +200,7 @@ def build_check_task(config: TrainConfig, state: dict[str, Tensor] | None = None
     """The task ``fit`` builds from ``config`` (seeded first), dropout off, in training mode,
     with ``state`` loaded when given."""
     seed_everything(config.train.seed)
-    task = build_task(config, build_encoder(config))
+    task = build_task(config, build_model(config))
     turn_off_dropout(task)
     if state is not None:
         task.load_state_dict(state)
@@ -263,14 +260,11 @@ def _batches(task: ContrastiveTask, records: Sequence[Record], config: TrainConf
     """``fit``'s batches, epoch after epoch, with its random draw at each epoch start."""
     loop = config.train
     batcher = PairBatcher(records, loop.batch_size, loop.seed, drop_last=loop.drop_last)
-    views = build_views(config.views)
-    encoder: Tower = task.encoder  # type: ignore[assignment]
+    collator = collator_for(task, config)  # as fit: each process preprocesses its own rows
     for epoch in itertools.count():
         draw_loader_seed()
         for index, batch_records in enumerate(batcher.batches(epoch)):
-            yield collate_batch(batch_records, encoder.preprocess, views,
-                                (loop.seed, epoch, index), views_only=task.views_only,
-                                device=torch.device("cpu"))
+            yield collator(batch_records, (loop.seed, epoch, index))
 
 
 def _run_path(name: str, config: TrainConfig, records: Sequence[Record],

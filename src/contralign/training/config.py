@@ -225,6 +225,9 @@ class LoopConfig(StrictConfig):
     # GPUs (unmeasured there); null: one forward pass per batch.
     tokens_per_group: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # cuda under torchrun: cuda:LOCAL_RANK
+    # DataLoader worker processes that preprocess batches (tokenize, decode and resize images)
+    # while the model trains; 0: in the training process (the same batches either way).
+    num_workers: int = Field(default=0, ge=0)
 
 
 class EvalConfig(StrictConfig):

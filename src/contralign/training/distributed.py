@@ -123,14 +123,36 @@ def shard_of(batch_size: int, rank_: int | None = None, world: int | None = None
     return Shard(rank_, tuple(base + (r < extra) for r in range(world)))
 
 
+# What a batch holds for every row even when each process preprocessed only its own rows.
+WHOLE_BATCH = ("anchor_ids", "positive_ids", "negative_ids", "labels", "scores")
+
+
 def slice_batch(batch: Any, shard: Shard) -> Any:
-    """The shard's rows of every tensor in a (nested) batch: tokenized roles, ids, labels."""
+    """The shard's rows of a (nested) batch: its preprocessed roles, ids, labels and scores.
+
+    A batch whose processes preprocessed only their own rows (``batch["rows"]``, see
+    ``data.BatchCollator``) already holds this shard's items: only its whole-batch entries
+    (``WHOLE_BATCH``) are sliced.
+
+    Raises:
+        ValueError: the batch's rows are not this shard's.
+    """
+    if isinstance(batch, dict) and batch.get("rows") is not None:
+        if tuple(batch["rows"]) != (shard.start, shard.stop):
+            raise ValueError(f"the batch holds rows {tuple(batch['rows'])}, this rank's are "
+                             f"{(shard.start, shard.stop)}")
+        return {key: _slice(value, shard) if key in WHOLE_BATCH else value
+                for key, value in batch.items()}
+    return _slice(batch, shard)
+
+
+def _slice(batch: Any, shard: Shard) -> Any:
     if isinstance(batch, Tensor):
         return batch[shard.rows]
     if isinstance(batch, dict):
-        return {key: slice_batch(value, shard) for key, value in batch.items()}
+        return {key: _slice(value, shard) for key, value in batch.items()}
     if isinstance(batch, list | tuple):
-        return type(batch)(slice_batch(value, shard) for value in batch)
+        return type(batch)(_slice(value, shard) for value in batch)
     return batch
 
 

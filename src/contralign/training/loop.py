@@ -8,7 +8,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +26,17 @@ from contralign.data import (
     PairBatcher,
     Record,
     RecordSet,
-    collate,
     load_records,
     rejects_path_for,
 )
-from contralign.encoders.loading import Tower, load_tower
-from contralign.encoders.model import AlignmentModel
-from contralign.encoders.momentum import MomentumEncoder
-from contralign.encoders.text import TextEncoder
-from contralign.objectives import OBJECTIVES, build_objective
+from contralign.encoders.loading import Tower
+from contralign.training.batches import loader_for, to_device
+from contralign.training.build import (
+    build_model,
+    build_task,
+    check_modalities,
+    check_roles,
+)
 from contralign.training.cached import ChunkSize, accumulate_gradients
 from contralign.training.checkpoint import (
     TrainState,
@@ -43,7 +45,7 @@ from contralign.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from contralign.training.config import TowerConfig, TrainConfig
+from contralign.training.config import TrainConfig
 from contralign.training.dev import DevSets
 from contralign.training.distributed import (
     broadcast_state,
@@ -64,7 +66,6 @@ from contralign.training.rundir import (
     truncate_metrics,
 )
 from contralign.training.task import ContrastiveTask
-from contralign.training.views import View, build_views, view_batch
 
 
 @dataclass
@@ -79,103 +80,6 @@ class RunResult:
     rejects_path: Path | None = None
     seconds: float = 0.0
     pairs_per_second: float = 0.0
-
-
-def build_tower(config: TowerConfig) -> Tower:
-    """The tower a tower config names (static vectors or folder, an image network, or a
-    transformers model), with the config's settings in place of the folder's.
-
-    Raises:
-        ModelNotFoundError: nothing loadable under that name.
-        ConfigError: a setting the tower does not have (``pooling`` on a static tower).
-    """
-    return load_tower(config.name, config.tower, **config.overrides())
-
-
-def build_encoder(config: TrainConfig) -> Tower:
-    """The tower of a one-tower config (``build_model`` for any config)."""
-    return build_tower(config.model)
-
-
-def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentModel:
-    """The towers and role map ``config.model`` describes; ``encoder``: an already-loaded
-    tower for a one-tower config.
-
-    Raises:
-        ConfigError: towers of different widths (the objective compares their embeddings).
-    """
-    spec = config.model
-    if not spec.towers:
-        tower = encoder if encoder is not None else build_tower(spec)
-        return AlignmentModel.single(tower, config.objective.momentum, frozen=spec.frozen)
-    towers: dict[str, Any] = {name: build_tower(tower) for name, tower in spec.towers.items()
-                              if tower.momentum_of is None}
-    dims = {name: tower.dim for name, tower in towers.items()}
-    if len(set(dims.values())) > 1:
-        raise ConfigError(f"model.towers: the towers embed to different widths ({dims}); give "
-                          "them a common projection_dim")
-    for name, source in spec.sources.items():
-        towers[name] = MomentumEncoder(towers[source], spec.towers[name].momentum)
-    frozen = [name for name, tower in spec.towers.items() if tower.frozen]
-    return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources)
-
-
-def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> ContrastiveTask:
-    """The task ``fit`` trains: ``model`` (a one-tower config's tower, or the model of
-    ``build_model``), its text towers in length groups as ``train.tokens_per_group`` says for
-    ``train.device``, and the objective the config names."""
-    if not isinstance(model, AlignmentModel):
-        model = build_model(config, encoder=model)
-    for tower in model.online().values():
-        set_length_groups(tower, config.train.tokens_per_group,
-                          resolve_device(config.train.device))
-    info = OBJECTIVES[config.objective.name]
-    dim = model.anchor_tower.dim
-    objective = build_objective(config.objective.name, config.objective.params, dim=dim)
-    return ContrastiveTask(model, objective, views_only="views" in info.requires,
-                           precision=config.train.precision,
-                           mask_duplicates=config.objective.mask_duplicates,
-                           split=info.split_for(config.objective.params))
-
-
-# What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.
-_SOURCES = {"labels": ("label", "data.columns: {label: <column>}"),
-            "scores": ("score", "data.columns: {score: <column>}")}
-
-
-def check_roles(config: TrainConfig, roles: Sequence[str]) -> None:
-    """The data and views give the objective what it reads.
-
-    Raises:
-        ConfigError: a role the objective needs is not mapped, or it needs views and the config
-            has none.
-    """
-    name = config.objective.name
-    for needed in OBJECTIVES[name].requires:
-        if needed == "views" and not config.views:
-            raise ConfigError(f"views: objective {name} contrasts each anchor with its views; "
-                              "list at least one (e.g. views: [{name: identity}])")
-        if needed in _SOURCES and _SOURCES[needed][0] not in roles:
-            role, how = _SOURCES[needed]
-            raise ConfigError(f"data.columns: objective {name} needs the {role} role, which "
-                              f"{config.data.path} does not map; set {how}")
-
-
-# Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of
-# none, 128, 256 and 512 for all-MiniLM-L6-v2 at batch 64 on SICK-E and STS-B pairs, 2 cores
-# (`benchmarks/train_throughput.py --sweep none,128,256,512 --batch-sizes 64`: 46 / 54 / 59 /
-# 55 and 67 / 66 / 75 / 68 pairs/s).
-CPU_TOKENS_PER_GROUP = 256
-
-
-def set_length_groups(encoder: Tower, tokens_per_group: int | str | None,
-                      device: torch.device) -> None:
-    """Let a transformer tower embed batches in length groups (``encoders.lengths``)."""
-    if not isinstance(encoder, TextEncoder):
-        return  # a static tower pools an embedding bag: padding costs it nothing
-    if tokens_per_group == "auto":
-        tokens_per_group = CPU_TOKENS_PER_GROUP if device.type == "cpu" else None
-    encoder.tokens_per_group = tokens_per_group  # type: ignore[assignment]
 
 
 def seed_everything(seed: int) -> None:
@@ -243,6 +147,7 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
     model = build_model(config, encoder)
     task = build_task(config, model).to(device)
     check_roles(config, records.roles)
+    check_modalities(config, model, records.modalities)
     steps = total_steps(config, len(records.records))
     optimizer = build_optimizer(task, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, steps)
@@ -330,22 +235,17 @@ def _train(
     loop = config.train
     batcher = PairBatcher(records.records, loop.batch_size, loop.seed, drop_last=loop.drop_last)
     _check_shards(batcher, world_size())
-    encoder: Tower = task.encoder  # type: ignore[assignment]
-    tokenize = encoder.preprocess
-    views = build_views(config.views)
     device = next(task.parameters()).device
+    loader = loader_for(task, config, batcher, device)
     task.train()
     pairs = 0
     with _progress_bar(progress, total_steps, state.step) as advance:
         while state.step < total_steps:
             if state.batch_in_epoch == 0:
                 draw_loader_seed()
-            for batch_records in batcher.batches(state.epoch, start=state.batch_in_epoch):
-                position = (loop.seed, state.epoch, state.batch_in_epoch)
-                batch = collate_batch(batch_records, tokenize, views, position,
-                                      views_only=task.views_only, device=device)
-                losses = _step(task, batch, optimizer, scheduler, config)
-                pairs += len(batch_records)
+            for batch in loader.batches(state.epoch, start=state.batch_in_epoch):
+                losses = _step(task, to_device(batch, device), optimizer, scheduler, config)
+                pairs += int(batch["anchor_ids"].shape[0])
                 state.step += 1
                 state.batch_in_epoch += 1
                 advance(losses["loss"])
@@ -355,22 +255,6 @@ def _train(
             if state.batch_in_epoch >= len(batcher):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return pairs
-
-
-def collate_batch(
-    batch_records: Sequence[Record], tokenize: Callable[[list[str]], Any], views: Sequence[View],
-    position: tuple[int, int, int], *, views_only: bool, device: torch.device,
-) -> dict[str, Any]:
-    """One step's batch on ``device``: the tokenized roles and ids of ``collate``, and the
-    views drawn for this (seed, epoch, batch index) ``position``.
-
-    Every rank collates the whole batch (the same padding, ids and views as one process) and
-    embeds its own rows of it.
-    """
-    batch = dict(collate(batch_records, tokenize))
-    if views:
-        batch.update(view_batch(batch_records, views, tokenize, position, views_only=views_only))
-    return _to_device(batch, device)
 
 
 def _step(
@@ -404,16 +288,6 @@ def apply_gradients(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     task.after_step()
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(_to_device(value, device) for value in batch)
-    return batch
 
 
 def _check_shards(batcher: PairBatcher, world: int) -> None:

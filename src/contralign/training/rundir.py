@@ -22,7 +22,6 @@ and is swapped in by ``RunDir.finish``, so until it finishes the old run stays i
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -49,7 +48,7 @@ from contralign.core.outputs import (
     make_parent,
     read_manifest,
 )
-from contralign.data import Record
+from contralign.data import Record, record_fingerprint
 from contralign.training.config import TrainConfig
 
 Mode = Literal["fresh", "overwrite", "resume"]
@@ -290,10 +289,10 @@ def log_metrics(run_dir: Path, entry: dict[str, Any]) -> None:
 
 
 def records_sha256(records: Sequence[Record]) -> str:
-    """A fingerprint of the records (texts, labels, scores, lines), equal across machines."""
+    """A fingerprint of the records (items, labels, scores, lines), equal across machines."""
     digest = hashlib.sha256()
     for record in records:
-        digest.update(repr(dataclasses.astuple(record)).encode())
+        digest.update(record_fingerprint(record).encode())
     return digest.hexdigest()
 
 

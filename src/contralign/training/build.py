@@ -1,0 +1,138 @@
+"""What a config builds before training: the towers and role map (``build_model``), the task
+(``build_task``), and the checks that data, towers and objective fit together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from contralign.core.errors import ConfigError
+from contralign.encoders.loading import Tower, load_tower
+from contralign.encoders.model import AlignmentModel
+from contralign.encoders.momentum import MomentumEncoder
+from contralign.encoders.text import TextEncoder
+from contralign.objectives import OBJECTIVES, build_objective
+from contralign.training.config import TowerConfig, TrainConfig
+from contralign.training.distributed import resolve_device
+from contralign.training.task import ContrastiveTask
+
+
+def build_tower(config: TowerConfig) -> Tower:
+    """The tower a tower config names (static vectors or folder, an image network, or a
+    transformers model), with the config's settings in place of the folder's.
+
+    Raises:
+        ModelNotFoundError: nothing loadable under that name.
+        ConfigError: a setting the tower does not have (``pooling`` on a static tower).
+    """
+    return load_tower(config.name, config.tower, **config.overrides())
+
+
+def build_encoder(config: TrainConfig) -> Tower:
+    """The tower of a one-tower config (``build_model`` for any config)."""
+    return build_tower(config.model)
+
+
+def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentModel:
+    """The towers and role map ``config.model`` describes; ``encoder``: an already-loaded
+    tower for a one-tower config.
+
+    Raises:
+        ConfigError: towers of different widths (the objective compares their embeddings).
+    """
+    spec = config.model
+    if not spec.towers:
+        tower = encoder if encoder is not None else build_tower(spec)
+        return AlignmentModel.single(tower, config.objective.momentum, frozen=spec.frozen)
+    towers: dict[str, Any] = {name: build_tower(tower) for name, tower in spec.towers.items()
+                              if tower.momentum_of is None}
+    dims = {name: tower.dim for name, tower in towers.items()}
+    if len(set(dims.values())) > 1:
+        raise ConfigError(f"model.towers: the towers embed to different widths ({dims}); give "
+                          "them a common projection_dim")
+    for name, source in spec.sources.items():
+        towers[name] = MomentumEncoder(towers[source], spec.towers[name].momentum)
+    frozen = [name for name, tower in spec.towers.items() if tower.frozen]
+    return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources)
+
+
+def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> ContrastiveTask:
+    """The task ``fit`` trains: ``model`` (a one-tower config's tower, or the model of
+    ``build_model``), its text towers in length groups as ``train.tokens_per_group`` says for
+    ``train.device``, and the objective the config names."""
+    if not isinstance(model, AlignmentModel):
+        model = build_model(config, encoder=model)
+    for tower in model.online().values():
+        set_length_groups(tower, config.train.tokens_per_group,
+                          resolve_device(config.train.device))
+    info = OBJECTIVES[config.objective.name]
+    dim = model.anchor_tower.dim
+    objective = build_objective(config.objective.name, config.objective.params, dim=dim)
+    return ContrastiveTask(model, objective, views_only="views" in info.requires,
+                           precision=config.train.precision,
+                           mask_duplicates=config.objective.mask_duplicates,
+                           split=info.split_for(config.objective.params))
+
+
+# What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.
+_SOURCES = {"labels": ("label", "data.columns: {label: <column>}"),
+            "scores": ("score", "data.columns: {score: <column>}")}
+
+
+def check_roles(config: TrainConfig, roles: Sequence[str]) -> None:
+    """The data and views give the objective what it reads.
+
+    Raises:
+        ConfigError: a role the objective needs is not mapped, or it needs views and the config
+            has none.
+    """
+    name = config.objective.name
+    for needed in OBJECTIVES[name].requires:
+        if needed == "views" and not config.views:
+            raise ConfigError(f"views: objective {name} contrasts each anchor with its views; "
+                              "list at least one (e.g. views: [{name: identity}])")
+        if needed in _SOURCES and _SOURCES[needed][0] not in roles:
+            role, how = _SOURCES[needed]
+            raise ConfigError(f"data.columns: objective {name} needs the {role} role, which "
+                              f"{config.data.path} does not map; set {how}")
+
+
+def check_modalities(config: TrainConfig, model: AlignmentModel,
+                     modalities: Mapping[str, str]) -> None:
+    """Each role's tower embeds what the data's role holds; text views need texts.
+
+    Raises:
+        ConfigError: a tower of one modality mapped to a role that holds the other, or views
+            on a role that holds images.
+    """
+    for role, modality in modalities.items():
+        if role not in ("anchor", "positive", "negative"):
+            continue
+        tower = model.side(role)
+        if getattr(tower, "modality", "text") != modality:
+            key = "model.roles" if config.model.towers else "model.name"
+            raise ConfigError(f"{key}: the {role} role's tower embeds {tower.modality}, but "
+                              f"{config.data.path}'s {role} holds {modality}s; map the role to "
+                              f"a {modality} tower (data.modalities says what a column holds)")
+    if config.views and "image" in modalities.values():
+        raise ConfigError("views: text views need texts, but the data holds images; drop views "
+                          "(image views come with a later release)")
+
+
+# Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of
+# none, 128, 256 and 512 for all-MiniLM-L6-v2 at batch 64 on SICK-E and STS-B pairs, 2 cores
+# (`benchmarks/train_throughput.py --sweep none,128,256,512 --batch-sizes 64`: 46 / 54 / 59 /
+# 55 and 67 / 66 / 75 / 68 pairs/s).
+CPU_TOKENS_PER_GROUP = 256
+
+
+def set_length_groups(encoder: Any, tokens_per_group: int | str | None,
+                      device: torch.device) -> None:
+    """Let a transformer tower embed batches in length groups (``encoders.lengths``)."""
+    if not isinstance(encoder, TextEncoder):
+        return  # a static tower pools an embedding bag: padding costs it nothing
+    if tokens_per_group == "auto":
+        tokens_per_group = CPU_TOKENS_PER_GROUP if device.type == "cpu" else None
+    encoder.tokens_per_group = tokens_per_group  # type: ignore[assignment]
