@@ -138,3 +138,21 @@ def quiet_libraries() -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+
+
+def read_items(path: Any, column: str | None, modality: str, *,
+               id_column: str | None = None) -> list[Any]:
+    """The records of an input file whose ``anchor`` (``column``, or the file's usual one) holds
+    items of ``modality``; ``id_column`` maps to the ``label`` role (item ids).
+
+    Raises:
+        DataError: as ``load_records``.
+    """
+    from contralign.data import DataConfig, load_records
+
+    columns = {"anchor": column} if column else {}
+    if id_column:
+        columns["label"] = id_column
+    modalities: dict[str, Any] = {"anchor": modality} if modality == "image" else {}
+    return load_records(DataConfig(path=str(path), columns=columns,
+                                   modalities=modalities)).records

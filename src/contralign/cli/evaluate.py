@@ -1,8 +1,9 @@
-"""``contralign eval MODEL --sts FILE --retrieval FILE``."""
+"""``contralign eval MODEL --sts FILE --retrieval FILE --zero-shot FILE``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,42 +15,50 @@ STS_COLUMNS = {"anchor": "sentence1", "positive": "sentence2", "score": "score"}
 
 @command
 def eval_command(
-    model: str = typer.Argument(..., help="Model folder, run directory, installed model package, "
-                                "static vectors or hub id."),
+    model: str = typer.Argument(..., help="Model folder (one tower or several), run directory, "
+                                "installed model package, static vectors or hub id."),
     sts: Path | None = typer.Option(None, "--sts", help="STS pairs: sentence1, sentence2, score."),
-    retrieval: Path | None = typer.Option(None, "--retrieval", help="(query, relevant) pairs."),
+    retrieval: Path | None = typer.Option(
+        None, "--retrieval", help="(query, relevant) pairs; (image, caption) pairs give "
+        "image->text and text->image retrieval."),
     columns: str | None = typer.Option(
         None, "--columns", help="Roles of the retrieval file's columns: anchor=q,positive=doc."),
+    zero_shot: Path | None = typer.Option(
+        None, "--zero-shot", help="Images with class labels (.npz: images, labels, classes)."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Zero-shot class names, comma-separated (default: the .npz "
+        "file's classes array, else the labels)."),
+    template: list[str] = typer.Option(
+        [], "--template", help="A zero-shot prompt with {label}; repeat for an ensemble "
+        "(default: a built-in ensemble)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Evaluate MODEL: STS (Spearman, Pearson ×100), retrieval (Recall@k, MRR@10, nDCG@10, MAP)
-    and the geometry of the retrieval pairs (alignment, uniformity)."""
+    """Evaluate MODEL, each side by its tower: STS (Spearman, Pearson ×100), retrieval
+    (Recall@k, MRR@10, nDCG@10, MAP; image<->text when the pairs hold images), the geometry of
+    the pairs (alignment, uniformity, modality gap), and zero-shot classification (top-1,
+    top-5, mean per class; the confusion matrix with --json)."""
     from contralign.core.errors import ContralignError
-    from contralign.data import DataConfig
-    from contralign.encoders.loading import load_tower
-    from contralign.evaluation import (
-        evaluate_all,
-        geometry_from_records,
-        read_pairs,
-        retrieval_from_records,
-        sts_from_records,
-    )
+    from contralign.encoders.loading import load_model
+    from contralign.evaluation import Sides, ZeroShotEvaluator, evaluate_all
 
-    if sts is None and retrieval is None:
-        raise ContralignError("eval: give --sts FILE and/or --retrieval FILE")
-    evaluators: list = []
+    if sts is None and retrieval is None and zero_shot is None:
+        raise ContralignError("eval: give --sts FILE, --retrieval FILE and/or --zero-shot FILE")
+    loaded = load_model(model)
+    sides = Sides(loaded.side("anchor"), loaded.side("positive"))
+    evaluators: list[Any] = []
     if sts is not None:
-        records = read_pairs(DataConfig(path=str(sts), columns=STS_COLUMNS), scored=True)
-        evaluators.append(sts_from_records(records, batch_size=batch_size))
+        evaluators.append(_sts(sts, batch_size))
     if retrieval is not None:
-        records = read_pairs(DataConfig(path=str(retrieval), columns=parse_columns(columns)))
-        evaluators += [retrieval_from_records(records, batch_size=batch_size),
-                       geometry_from_records(records, batch_size=batch_size)]
-    encoder = load_tower(model)
-    metrics = evaluate_all(encoder, evaluators)
+        evaluators += _retrieval(retrieval, parse_columns(columns), sides, batch_size)
+    if zero_shot is not None:
+        sides.image  # noqa: B018  (a model without an image tower: one line, before reading)
+        evaluators.append(_zero_shot(zero_shot, classes, template, batch_size))
+    metrics = evaluate_all(sides, evaluators)
     if as_json:
-        print_json({"model": model, "metrics": metrics})
+        details = {e.name: e.details for e in evaluators if isinstance(e, ZeroShotEvaluator)}
+        print_json({"model": model, "metrics": metrics, **({"details": details}
+                                                             if details else {})})
         return
     table = Table(title=f"Evaluation of {model}")
     table.add_column("metric")
@@ -57,3 +66,48 @@ def eval_command(
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     console.print(table)
+
+
+def _sts(path: Path, batch_size: int) -> Any:
+    from contralign.data import DataConfig
+    from contralign.evaluation import read_pairs, sts_from_records
+
+    records = read_pairs(DataConfig(path=str(path), columns=STS_COLUMNS), scored=True,
+                         key="--sts")
+    return sts_from_records(records, batch_size=batch_size)
+
+
+def _retrieval(path: Path, columns: dict[str, str], sides: Any, batch_size: int) -> list[Any]:
+    """Retrieval and geometry of (query, document) pairs; image<->text retrieval when the two
+    sides' towers embed different modalities."""
+    from contralign.core.towers import modality_of
+    from contralign.data import DataConfig
+    from contralign.evaluation import (
+        cross_modal_from_records,
+        geometry_from_records,
+        read_pairs,
+        retrieval_from_records,
+    )
+
+    query, document = modality_of(sides.query), modality_of(sides.document)
+    modalities: dict[str, Any] = {role: m for role, m in (("anchor", query), ("positive",
+                                                                              document))
+                                  if m == "image"}
+    config = DataConfig(path=str(path), columns=columns, modalities=modalities)
+    records = read_pairs(config, key="--retrieval")
+    geometry = geometry_from_records(records, batch_size=batch_size)
+    if query != document:
+        return [cross_modal_from_records(records, batch_size=batch_size), geometry]
+    return [retrieval_from_records(records, batch_size=batch_size), geometry]
+
+
+def _zero_shot(path: Path, classes: str | None, templates: list[str], batch_size: int) -> Any:
+    from contralign.data import DataConfig, load_records
+    from contralign.data.arrays import npz_names
+    from contralign.evaluation import zero_shot_from_records
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes \
+        else npz_names(path, "classes")
+    records = load_records(DataConfig(path=str(path), modalities={"anchor": "image"}),
+                           key="--zero-shot").records
+    return zero_shot_from_records(records, names, templates or None, batch_size=batch_size)

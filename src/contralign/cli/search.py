@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from contralign.cli.common import command, console, print_json
+from contralign.cli.encode import TOWER_HELP
 
 if TYPE_CHECKING:
     from contralign.data import Record
+    from contralign.index import SearchIndex
 
 
 @command
 def index_command(
     model: str = typer.Argument(..., help="Model folder, run directory, installed model package, "
-                                "static vectors or hub id."),
-    corpus: Path = typer.Argument(..., help="Texts: .txt (one per line), .jsonl, .csv, .tsv, "
-                                  ".parquet."),
+                                "static vectors, image network or hub id."),
+    corpus: Path = typer.Argument(..., help="Texts (.txt, .jsonl, .csv, .tsv, .parquet) or "
+                                  "images (.npz arrays; image paths or bytes in a column)."),
     output: Path = typer.Option(..., "--output", "-o", help="Index folder to write."),
     column: str | None = typer.Option(None, "--column", help="Column holding the texts."),
     id_column: str | None = typer.Option(None, "--id-column",
@@ -27,25 +29,30 @@ def index_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an index folder that is already there."),
+    tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP + " Queries then go "
+                                     "through the model's other tower."),
 ) -> None:
     """Embed CORPUS with MODEL and write a searchable index folder."""
+    from contralign.cli.common import read_items
     from contralign.core.outputs import INDEX, check_output_folder
-    from contralign.data import DataConfig, load_records
-    from contralign.encoders.loading import load_tower, model_source
+    from contralign.encoders.loading import choose_tower, load_tower, model_source, tower_modality
     from contralign.index import save_index
 
     check_output_folder(output, INDEX, "--output", inputs=[corpus, model], replace=overwrite)
-    columns = {"anchor": column} if column else {}
-    if id_column:
-        columns["label"] = id_column
-    records = load_records(DataConfig(path=str(corpus), columns=columns)).records
+    modality = tower_modality(model, tower)
+    records = read_items(corpus, column, modality, id_column=id_column)
     ids = _item_ids(records, corpus, id_column)
-    encoder = load_tower(model)
-    texts = [r.anchor for r in records]
-    vectors = encoder.encode(texts, batch_size=batch_size, show_progress=len(texts) > 256)
-    save_index(output, vectors, ids, texts, model_fingerprint=encoder.fingerprint(),
-               model_name=_stored_name(model_source(model)))
-    console.print(f"Indexed {len(texts)} texts ({vectors.shape[1]}-d) → {output}")
+    source = model_source(model)
+    chosen = Path(choose_tower(source, tower))
+    encoder = load_tower(model, tower=tower)
+    items = [r.anchor for r in records]
+    vectors = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)
+    shown = [item if isinstance(item, str) else item.key for item in items]  # an image: its key
+    several = str(chosen) != source  # a tower of a model of several
+    save_index(output, vectors, ids, shown, model_fingerprint=encoder.fingerprint(),
+               model_name=_stored_name(source), tower=chosen.name if several else None,
+               modality=modality)
+    console.print(f"Indexed {len(items)} {modality}s ({vectors.shape[1]}-d) → {output}")
 
 
 def _item_ids(records: list[Record], corpus: Path, id_column: str | None) -> list[str]:
@@ -69,6 +76,31 @@ def _item_ids(records: list[Record], corpus: Path, id_column: str | None) -> lis
     return [str(r.label) for r in records]
 
 
+def _query_towers(index: SearchIndex, model: str | None) -> tuple[Any, Any]:
+    """The tower that embeds text queries, and the one that embedded the index (None: the
+    same). For a tower of a model of several, the queries go through the model's other tower.
+
+    Raises:
+        ContralignError: the query tower does not embed text.
+    """
+    from contralign.core.errors import ContralignError
+    from contralign.encoders.loading import load_model, load_tower
+
+    name = model or index.model_name
+    if index.tower is None:
+        return load_tower(name), None
+    full = load_model(name)
+    indexed_by = full.towers[index.tower]
+    others = [tower for role in ("anchor", "positive")
+              if full.tower_name(role) != index.tower for tower in [full.side(role)]]
+    query = others[0] if others else indexed_by
+    if getattr(query, "modality", "text") != "text":
+        raise ContralignError(f"search: the index holds {index.modality}s embedded by tower "
+                              f"{index.tower}; its queries would go through a tower that embeds "
+                              f"{query.modality}, and search takes text queries")
+    return query, indexed_by
+
+
 def _stored_name(model: str) -> str:
     """A local model folder as an absolute path (so `search` works from any folder); a
     package name or hub id as it is."""
@@ -88,15 +120,14 @@ def search_command(
 ) -> None:
     """Search an index for the texts nearest to each QUERY."""
     from contralign.core.errors import ContralignError
-    from contralign.encoders.loading import load_tower
     from contralign.index import load_index
 
     for number, text in enumerate(query, start=1):
         if not text.strip():
             raise ContralignError(f"search: query {number} is empty; give the text to search for")
     index = load_index(index_dir)
-    encoder = load_tower(model or index.model_name)
-    results = index.search(encoder, list(query), k)
+    encoder, indexed_by = _query_towers(index, model)
+    results = index.search(encoder, list(query), k, indexed_by=indexed_by)
     if as_json:
         print_json([{"query": q, "hits": [{"id": h.id, "text": h.text, "score": h.score}
                                           for h in hits]}

@@ -216,3 +216,19 @@ def read_npz_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Every row of the ``.npz`` file ``path`` (:func:`rows_of`)."""
     layout = read_npz_layout(path)
     yield from rows_of(layout, read_npz_arrays(path, layout, list(layout.columns)))
+
+
+def npz_names(path: str | Path, name: str) -> list[str] | None:
+    """The 1-D array ``name`` of the ``.npz`` file ``path`` as strings (class names), or None
+    when the file is not an ``.npz`` file or has no such array.
+
+    Raises:
+        DataError: the file cannot be read, or its array data is damaged.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        return None
+    layout = read_npz_layout(path)
+    if name not in layout.metadata:
+        return None
+    return [str(value) for value in read_npz_arrays(path, layout, [name])[name].tolist()]

@@ -119,6 +119,16 @@ def choose_tower(name: str, tower: str | None) -> str:
     raise ModelNotFoundError(f"--tower: {tower!r} names no single tower of {name} ({listed})")
 
 
+def tower_modality(name_or_path: str | Path, tower: str | None = None) -> str:
+    """What the tower ``name_or_path`` (and ``tower``) would embed, found without loading any
+    weights: ``image`` or ``text``.
+
+    Raises:
+        ModelNotFoundError: as ``load_tower`` for the same arguments.
+    """
+    return _modality(detect_kind(choose_tower(model_source(str(name_or_path)), tower)))
+
+
 def _modality(kind: str) -> str:
     return "image" if kind == "image" else "text"
 

@@ -4,8 +4,9 @@ Folder layout (written atomically, see ``contralign.core.io.atomic_directory``):
 
     DIR/embeddings.npy   float32 (N, D), plain .npy (no pickle)
     DIR/items.jsonl      one {"id": ..., "text": ...} per line, in row order
-    DIR/index.json       fingerprint, model name, dim, count, created, similarity, format,
-                         and the SHA-256 of the two other files (checked on every load)
+    DIR/index.json       fingerprint, model name, the tower and modality that embedded the
+                         items, dim, count, created, similarity, format, and the SHA-256 of the
+                         two other files (checked on every load)
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ FORMAT_VERSION = 2  # 2: index.json holds the files' SHA-256; 1 (without) still 
 
 
 class QueryEncoder(Protocol):
-    """What ``SearchIndex.search`` needs from an encoder (``TextEncoder`` has both)."""
+    """What ``SearchIndex.search`` needs of a tower (``core.towers.Tower`` has both)."""
 
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray: ...
+    def encode(self, items: list[Any], batch_size: int) -> np.ndarray: ...
 
     def fingerprint(self) -> str: ...
 
@@ -55,6 +56,8 @@ def save_index(
     texts: Sequence[str],
     model_fingerprint: str,
     model_name: str,
+    tower: str | None = None,
+    modality: str = "text",
 ) -> Path:
     """Write an index folder atomically: a kill leaves the old folder (or none), never half.
 
@@ -63,8 +66,12 @@ def save_index(
         vectors: ``(N, D)`` embeddings of ``texts``, stored as float32.
         ids: ``N`` distinct item ids.
         texts: ``N`` item texts.
-        model_fingerprint: ``encoder.fingerprint()`` of the model that embedded ``texts``.
+        model_fingerprint: ``encoder.fingerprint()`` of the tower that embedded the items.
         model_name: the model's name or path, for messages.
+        tower: in a model of several towers, the tower that embedded the items (queries go
+            through the other one); None for a model of one tower.
+        modality: what the items are (``text``, ``image``); ``texts`` then holds each item's
+            display string (an image's key).
 
     Returns:
         The folder path.
@@ -83,6 +90,8 @@ def save_index(
         "format": FORMAT_VERSION,
         "fingerprint": model_fingerprint,
         "model_name": model_name,
+        "tower": tower,
+        "modality": modality,
         "dim": int(matrix.shape[1]),
         "count": int(matrix.shape[0]),
         "similarity": "cosine",
@@ -133,6 +142,16 @@ class SearchIndex:
     def model_name(self) -> str:
         return str(self.meta["model_name"])
 
+    @property
+    def tower(self) -> str | None:
+        """The tower of a model of several towers that embedded the items (None: one tower)."""
+        tower = self.meta.get("tower")
+        return None if tower is None else str(tower)
+
+    @property
+    def modality(self) -> str:
+        return str(self.meta.get("modality", "text"))
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -146,15 +165,22 @@ class SearchIndex:
             )
 
     def search(
-        self, encoder: QueryEncoder, query_texts: Sequence[str], k: int, batch_size: int = 32
+        self, encoder: QueryEncoder, query_texts: Sequence[Any], k: int, batch_size: int = 32,
+        *, indexed_by: QueryEncoder | None = None,
     ) -> list[list[Hit]]:
-        """Embed ``query_texts`` and return the ``k`` best items for each, best first.
+        """Embed the queries with ``encoder`` and return the ``k`` best items for each, best
+        first.
+
+        Args:
+            indexed_by: the tower that embedded the items, when the queries go through another
+                tower of the same model (text queries against an image index); default
+                ``encoder`` itself.
 
         Raises:
-            ContralignError: ``encoder`` is not the model the index was built with.
+            ContralignError: the tower is not the one the index was built with.
             ValueError: ``k < 1``, or the encoder's dimension differs from the index's.
         """
-        self.check_encoder(encoder)
+        self.check_encoder(indexed_by if indexed_by is not None else encoder)
         if not query_texts:
             return []
         queries = encoder.encode(list(query_texts), batch_size=batch_size)  # (Q, D)
