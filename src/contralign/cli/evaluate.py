@@ -39,22 +39,24 @@ def eval_command(
     the pairs (alignment, uniformity, modality gap), and zero-shot classification (top-1,
     top-5, mean per class; the confusion matrix with --json)."""
     from contralign.core.errors import ContralignError
-    from contralign.encoders.loading import load_model
+    from contralign.encoders.loading import load_model, role_modalities
     from contralign.evaluation import Sides, ZeroShotEvaluator, evaluate_all
 
     if sts is None and retrieval is None and zero_shot is None:
         raise ContralignError("eval: give --sts FILE, --retrieval FILE and/or --zero-shot FILE")
-    loaded = load_model(model)
-    sides = Sides(loaded.side("anchor"), loaded.side("positive"))
+    modalities = role_modalities(model)  # the files are read before the model is loaded
+    if zero_shot is not None and "image" not in modalities.values():
+        raise ContralignError(f"--zero-shot: {model} has no image tower (it embeds "
+                              f"{', '.join(sorted(set(modalities.values())))})")
     evaluators: list[Any] = []
     if sts is not None:
         evaluators.append(_sts(sts, batch_size))
     if retrieval is not None:
-        evaluators += _retrieval(retrieval, parse_columns(columns), sides, batch_size)
+        evaluators += _retrieval(retrieval, parse_columns(columns), modalities, batch_size)
     if zero_shot is not None:
-        sides.image  # noqa: B018  (a model without an image tower: one line, before reading)
         evaluators.append(_zero_shot(zero_shot, classes, template, batch_size))
-    metrics = evaluate_all(sides, evaluators)
+    loaded = load_model(model)
+    metrics = evaluate_all(Sides(loaded.side("anchor"), loaded.side("positive")), evaluators)
     if as_json:
         details = {e.name: e.details for e in evaluators if isinstance(e, ZeroShotEvaluator)}
         print_json({"model": model, "metrics": metrics, **({"details": details}
@@ -77,10 +79,10 @@ def _sts(path: Path, batch_size: int) -> Any:
     return sts_from_records(records, batch_size=batch_size)
 
 
-def _retrieval(path: Path, columns: dict[str, str], sides: Any, batch_size: int) -> list[Any]:
+def _retrieval(path: Path, columns: dict[str, str], modalities: dict[str, str],
+               batch_size: int) -> list[Any]:
     """Retrieval and geometry of (query, document) pairs; image<->text retrieval when the two
     sides' towers embed different modalities."""
-    from contralign.core.towers import modality_of
     from contralign.data import DataConfig
     from contralign.evaluation import (
         cross_modal_from_records,
@@ -89,11 +91,9 @@ def _retrieval(path: Path, columns: dict[str, str], sides: Any, batch_size: int)
         retrieval_from_records,
     )
 
-    query, document = modality_of(sides.query), modality_of(sides.document)
-    modalities: dict[str, Any] = {role: m for role, m in (("anchor", query), ("positive",
-                                                                              document))
-                                  if m == "image"}
-    config = DataConfig(path=str(path), columns=columns, modalities=modalities)
+    query, document = modalities["anchor"], modalities["positive"]
+    images: dict[str, Any] = {role: m for role, m in modalities.items() if m == "image"}
+    config = DataConfig(path=str(path), columns=columns, modalities=images)
     records = read_pairs(config, key="--retrieval")
     geometry = geometry_from_records(records, batch_size=batch_size)
     if query != document:

@@ -129,6 +129,23 @@ def tower_modality(name_or_path: str | Path, tower: str | None = None) -> str:
     return _modality(detect_kind(choose_tower(model_source(str(name_or_path)), tower)))
 
 
+def role_modalities(name_or_path: str | Path) -> dict[str, str]:
+    """What the model ``name_or_path`` embeds for each role (``anchor``, ``positive``), found
+    without loading any weights.
+
+    Raises:
+        ModelNotFoundError: as ``load_model`` for the same name.
+    """
+    name = model_source(str(name_or_path))
+    spec = multi_tower(name)
+    if spec is None:
+        modality = _modality(detect_kind(name))
+        return {"anchor": modality, "positive": modality}
+    kinds = {str(k): str(v) for k, v in spec["towers"].items()}
+    return {role: _modality(kinds.get(str(tower), "text"))
+            for role, tower in dict(spec.get("roles", {})).items()}
+
+
 def _modality(kind: str) -> str:
     return "image" if kind == "image" else "text"
 
