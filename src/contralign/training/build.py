@@ -136,3 +136,34 @@ def set_length_groups(encoder: Any, tokens_per_group: int | str | None,
     if tokens_per_group == "auto":
         tokens_per_group = CPU_TOKENS_PER_GROUP if device.type == "cpu" else None
     encoder.tokens_per_group = tokens_per_group  # type: ignore[assignment]
+
+
+def batchnorm_towers(model: AlignmentModel) -> list[str]:
+    """The towers whose trainable backbone holds BatchNorm layers (a locked one runs in eval
+    mode, on its running statistics, and is not listed)."""
+    from torch import nn
+
+    return [name for name, tower in model.online().items() if name not in model.frozen
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())]
+
+
+def check_fast_paths(config: TrainConfig, model: AlignmentModel, processes: int) -> None:
+    """Refuse the fast paths whose step would differ from the plain one: a trainable BatchNorm
+    tower normalises each chunk (gradient cache) or each process's rows (torchrun) by their own
+    statistics, and updates its running statistics once per pass.
+
+    Raises:
+        ConfigError: the gradient cache or several processes with a trainable BatchNorm tower.
+    """
+    towers = batchnorm_towers(model)
+    if not towers:
+        return
+    why = (f"tower {towers[0]} has BatchNorm layers and trains: they normalise with the "
+           "statistics of the rows they see")
+    if config.train.grad_cache.enabled:
+        raise ConfigError(f"train.grad_cache: {why}, so each chunk would be normalised "
+                          "differently from the whole batch; lock the tower (frozen: true) or "
+                          "turn the cache off")
+    if processes > 1:
+        raise ConfigError(f"torchrun: {why}, so each process would normalise only its own rows; "
+                          "lock the tower (frozen: true) or train in one process")

@@ -42,7 +42,7 @@ from contralign.core.errors import ConfigError
 from contralign.data import PairBatcher, Record, load_records
 from contralign.objectives import OBJECTIVES
 from contralign.training.batches import collator_for
-from contralign.training.build import build_model, build_task
+from contralign.training.build import batchnorm_towers, build_model, build_task
 from contralign.training.config import ObjectiveConfig, TrainConfig
 from contralign.training.distributed import (
     destroy_process_group,
@@ -153,8 +153,14 @@ def check(config: TrainConfig, *, steps: int = 3, paths: Sequence[str] = PATHS,
     plain = run_steps(config, records, initial, steps)
     report = CheckReport(config.objective.name, steps, config.train.batch_size, plain.losses,
                          time.perf_counter() - started, tolerance, notes=notes)
+    normalised = batchnorm_towers(task.model)
     for name in paths:
         started = time.perf_counter()
+        if normalised and name in ("cached", "distributed"):
+            report.paths[name] = PathResult("-", reason=f"tower {normalised[0]} trains "
+                                                        "BatchNorm layers, which training "
+                                                        f"refuses on the {name} path")
+            continue
         result = _run_path(name, config, records, initial, steps, sizes[name])
         if isinstance(result, Trace):
             setting = SETTINGS[name].format(sizes[name])

@@ -61,7 +61,11 @@ class ModelConfig(TowerConfig):
             if self.momentum_of is not None:
                 raise ValueError("momentum_of: a one-tower model has no other tower to follow")
             return self
-        one_tower = sorted(self.model_fields_set - {"towers", "roles"})
+        # Keys of the one-tower form set to something else than their default (a config
+        # written back with every key, as config.yaml is, keeps them at their defaults).
+        defaults = TowerConfig()
+        one_tower = [key for key in TowerConfig.model_fields
+                     if getattr(self, key) != getattr(defaults, key)]
         if one_tower:
             raise ValueError(f"{one_tower[0]}: with model.towers, set it per tower "
                              f"(model.towers.<name>.{one_tower[0]})")
@@ -100,7 +104,9 @@ def _check_copy(name: str, tower: TowerConfig, towers: dict[str, TowerConfig]) -
     if source is None or source.momentum_of is not None:
         raise ValueError(f"towers.{name}.momentum_of: {tower.momentum_of!r} must name another "
                          "tower that is not a momentum copy itself")
-    extra = sorted(tower.model_fields_set - {"momentum_of", "momentum"})
+    defaults = TowerConfig()
+    extra = [key for key in TowerConfig.model_fields if key not in ("momentum_of", "momentum")
+             and getattr(tower, key) != getattr(defaults, key)]
     if extra:
         raise ValueError(f"towers.{name}.{extra[0]}: a momentum copy takes only momentum_of and "
                          "momentum (it copies its tower's settings)")

@@ -34,6 +34,7 @@ from contralign.training.batches import loader_for, to_device
 from contralign.training.build import (
     build_model,
     build_task,
+    check_fast_paths,
     check_modalities,
     check_roles,
 )
@@ -148,6 +149,7 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
     task = build_task(config, model).to(device)
     check_roles(config, records.roles)
     check_modalities(config, model, records.modalities)
+    check_fast_paths(config, model, world_size())
     steps = total_steps(config, len(records.records))
     optimizer = build_optimizer(task, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, steps)
