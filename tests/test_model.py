@@ -184,3 +184,31 @@ def test_one_tower_of_a_model_of_several_is_chosen_by_name_or_modality(tiny_mode
     model = load_model(tmp_path / "m")
     assert model.roles == {"anchor": "image", "positive": "text"}
     assert model.towers["image"].fingerprint() == image.fingerprint()
+
+
+def test_raw_items_are_preprocessed_only_when_the_cache_lacks_them(tiny_model_dir, pairs_file,
+                                                                   tmp_path, monkeypatch):
+    """A locked tower's role may carry raw items (core.items.Deferred): the same loss and
+    gradients as preprocessed inputs, and each item preprocessed once."""
+    from contralign.core.items import Deferred
+
+    config = two_tower_config(tiny_model_dir, pairs_file, tmp_path / "run")
+    task = build_task(config, build_model(config))
+    task.train()
+    query, doc = task.model.towers["query"], task.model.towers["doc"]
+    texts, docs = [q for q, _ in PAIRS[:4]], [d for _, d in PAIRS[:4]]
+    keys = torch.arange(4)
+    base = {"positive": doc.preprocess(docs), "anchor_ids": keys, "positive_ids": keys + 10,
+            "keys": {"anchor": keys}}
+    torch.manual_seed(0)
+    expected = task({**base, "anchor": query.preprocess(texts)})["loss"]
+    task.model.caches["query"].rows.clear()
+    seen: list[list[str]] = []
+    real = query.preprocess
+    monkeypatch.setattr(query, "preprocess", lambda items: seen.append(list(items)) or
+                        real(items))
+    for _ in range(2):
+        torch.manual_seed(0)
+        got = task({**base, "anchor": Deferred()(texts)})["loss"]
+        assert torch.equal(got, expected)
+    assert seen == [texts]  # once, for the first pass; the second came from the cache

@@ -17,14 +17,23 @@ from typer.testing import CliRunner
 
 from contralign.cli.app import app
 from contralign.core.config import load_config
+from contralign.encoders.model import backbone_parameters
 from contralign.objectives import OBJECTIVES
-from contralign.training.build import build_encoder, build_task
+from contralign.training.build import build_model, build_task
 from contralign.training.config import OptimConfig, TrainConfig
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.recipes import list_recipes
 
 runner = CliRunner()
 RECIPES = list_recipes()
+
+
+def _towers(recipe: Any) -> bool:
+    return "towers" in yaml.safe_load(recipe.path.read_text())["model"]
+
+
+TEXT_RECIPES = [r for r in RECIPES if not _towers(r)]
+IMAGE_RECIPES = [r for r in RECIPES if _towers(r)]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
 
 
@@ -46,9 +55,34 @@ def test_recipes_are_listed():
             "hard-negative", "decoupled", "align-uniform", "cwcl", "moco", "swav",
             "whitened-cse"} <= set(listed)
     assert all(entry["objective"] in OBJECTIVES for entry in listed.values())
+    assert {"lit", "clip", "siglip"} <= set(listed)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def _tiny_towers(tiny_model_dir: Path) -> list[str]:
+    """Overrides that stand small towers in for an image–text recipe's: the image network at
+    32 px (its weights as they are) and the tiny text model."""
+    return ["model.towers.image.image_size=32", f"model.towers.text.name={tiny_model_dir}",
+            "model.towers.text.max_length=16"]
+
+
+@pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=[r.name for r in IMAGE_RECIPES])
+def test_image_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: Path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "images.npz"
+    np.savez(data, images=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8),
+             labels=np.arange(24) % 4, classes=np.array(["cat", "dog", "bird", "ship"]))
+    overrides = [*_tiny_towers(tiny_model_dir), "train.batch_size=12", "train.max_steps=2",
+                 f"output_dir={tmp_path / 'run'}"]
+    result = runner.invoke(app, ["train", recipe.name, "--data", str(data), "--json",
+                                 *[arg for o in overrides for arg in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and Path(summary["model_dir"], "image").is_dir()
+
+
+@pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=[r.name for r in TEXT_RECIPES])
 def test_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: Path):
     config = yaml.safe_load(recipe.path.read_text())
     data = tmp_path / "data.jsonl"
@@ -84,6 +118,10 @@ def _objective_setting(task: Any, key: str) -> Any:
             return float(objective.bias.detach())
         case "learnable":
             return isinstance(objective.log_scale, nn.Parameter) and objective.bias.requires_grad
+        case "temperature" if not hasattr(objective, "temperature"):  # kept as log(1/τ)
+            return float(1.0 / objective.log_scale.detach().exp())
+        case "learnable_temperature" if not hasattr(objective, key):
+            return isinstance(objective.log_scale, nn.Parameter)
     value = getattr(objective, key)
     return float(value.detach()) if isinstance(value, torch.Tensor) else value
 
@@ -106,12 +144,18 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
     """Build the tower, task, optimiser and scheduler as ``fit`` does; every setting that
     ``settings`` (the recipe's YAML) gives to the model, the objective and the optimiser is
     found in what was built, and every optimiser setting it leaves out has the default."""
-    encoder = build_encoder(config)
-    for key, value in settings.get("model", {}).items():
-        if key != "name":
-            assert getattr(encoder.config, key) == value, f"model.{key}"
+    model = build_model(config)
+    towers = settings["model"].get("towers", {"tower": settings["model"]})
+    for name, tower_settings in towers.items():
+        tower = model.towers[name]
+        for key, value in tower_settings.items():
+            if key == "frozen":
+                assert (name in model.frozen) == value, f"model.towers.{name}.frozen"
+                assert all(not p.requires_grad for p in backbone_parameters(tower)) == value
+            elif key != "name":
+                assert getattr(tower.config, key) == value, f"model.{key}"
 
-    task = build_task(config, encoder)
+    task = build_task(config, model)
     objective = dict(settings["objective"])
     assert type(task.objective) is OBJECTIVES[objective.pop("name")].module
     for key, value in objective.items():
@@ -140,13 +184,18 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
             f"optim.schedule/warmup at step {step}"
 
 
+def _stand_ins(recipe: Any, tiny_model_dir: Path) -> list[str]:
+    if _towers(recipe):
+        return [f"model.towers.text.name={tiny_model_dir}", "data.path=unused.npz"]
+    return [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"]
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
 def test_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_model_dir: Path):
     """The recipe as ``contralign train RECIPE --data … --set model.name=…`` reads it (the tiny
-    tower stands in for the recipe's model; nothing else is changed)."""
+    tower stands in for the recipe's text model; nothing else is changed)."""
     settings = yaml.safe_load(recipe.path.read_text())
-    config = load_config(TrainConfig, recipe.path,
-                         [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"])
+    config = load_config(TrainConfig, recipe.path, _stand_ins(recipe, tiny_model_dir))
     _assert_settings_reach_the_run(settings, config)
 
 
@@ -168,7 +217,15 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
     (so that the default applies) is caught even where the paper's value is the default."""
     settings = yaml.safe_load(recipe.path.read_text())
     changed = copy.deepcopy(settings)
-    changed["model"]["name"] = str(tiny_model_dir)
+    towers = changed["model"].get("towers")
+    if towers:
+        towers["text"]["name"] = str(tiny_model_dir)
+        for tower in towers.values():
+            tower["projection_dim"] = tower["projection_dim"] // 2
+            tower["frozen"] = not tower.get("frozen", False)
+    else:
+        changed["model"]["name"] = str(tiny_model_dir)
+        changed["model"]["max_length"] = changed["model"].get("max_length", 64) // 2
     changed["data"]["path"] = "unused.jsonl"
     objective = changed["objective"]
     accepted = OBJECTIVES[objective["name"]].parameters()
@@ -179,7 +236,6 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
     for key, value in list(optim.items()):
         optim[key] = _changed(value, OptimConfig.model_fields[key].annotation)
     optim["betas"] = (0.8, 0.99)
-    changed["model"]["max_length"] = changed["model"].get("max_length", 64) // 2
     for key, value in objective.items():
         assert key == "name" or value != settings["objective"][key], key
     _assert_settings_reach_the_run(changed, TrainConfig.model_validate(changed))

@@ -70,3 +70,39 @@ def item_key(item: Any) -> str:
     if isinstance(item, ImageItem):
         return "\x00image\x00" + item.key  # never equal to a text
     raise TypeError(f"expected a text or an ImageItem, got {type(item).__name__}")
+
+
+class ItemBatch:
+    """A role's raw items, carried to a locked tower unpreprocessed: the tower preprocesses only
+    the items its feature cache lacks, so after the first epoch nothing is decoded or tokenized
+    again. It indexes along its first dimension like a tensor (rows as an index tensor, a
+    slice or a list), so chunking and sharding treat it as any other input.
+
+    Attributes:
+        items: the ``B`` items (texts or ``ImageItem``s), picklable.
+    """
+
+    def __init__(self, items: Any) -> None:
+        self.items = list(items)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.items),)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, rows: Any) -> ItemBatch:
+        if isinstance(rows, slice):
+            return ItemBatch(self.items[rows])
+        indices = rows.tolist() if hasattr(rows, "tolist") else list(rows)
+        return ItemBatch(self.items[i] for i in indices)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The preprocessor of a locked tower's role: items -> ``{"items": ItemBatch}``; the tower
+    preprocesses them when, and only if, its cache lacks them. Picklable."""
+
+    def __call__(self, items: Any) -> dict[str, ItemBatch]:
+        return {"items": ItemBatch(items)}

@@ -179,20 +179,38 @@ class FeatureCache:
     def __init__(self) -> None:
         self.rows: dict[int, Tensor] = {}
 
-    def features(self, tower: Any, inputs: dict[str, Tensor], keys: Tensor | None) -> Tensor:
-        """``(n, F)`` features of ``inputs``, from the cache where ``keys`` are known."""
+    def features(self, tower: Any, inputs: dict[str, Any], keys: Tensor | None) -> Tensor:
+        """``(n, F)`` features of ``inputs``, from the cache where ``keys`` are known.
+
+        ``inputs`` is a preprocessed batch, or ``{"items": ItemBatch}`` of raw items
+        (``core.items.Deferred``): then only the missing items are preprocessed.
+
+        Raises:
+            ValueError: raw items without their ``keys``.
+        """
         if keys is None:  # no item ids: compute, do not cache
+            if "items" in inputs:
+                raise ValueError("FeatureCache: raw items need their keys")
             with torch.no_grad():
                 return tower.features(inputs)
         ids = keys.tolist()
         missing = [row for row, key in enumerate(ids) if key not in self.rows]
         if missing:
-            rows = torch.tensor(missing, device=keys.device)
+            rows = torch.tensor(missing)
             with torch.no_grad():
-                computed = tower.features({k: v[rows] for k, v in inputs.items()})  # (m, F)
+                computed = tower.features(_rows_of(tower, inputs, rows, keys.device))  # (m, F)
             for row, value in zip(missing, computed, strict=True):
                 self.rows[ids[row]] = value
         return torch.stack([self.rows[key] for key in ids])
+
+
+def _rows_of(tower: Any, inputs: dict[str, Any], rows: Tensor, device: torch.device
+             ) -> dict[str, Tensor]:
+    """``rows`` of ``inputs`` as a preprocessed batch on ``device``."""
+    if "items" in inputs:  # raw items: preprocess just these
+        batch = tower.preprocess(inputs["items"][rows].items)
+        return {name: value.to(device) for name, value in batch.items()}
+    return {name: value[rows.to(value.device)] for name, value in inputs.items()}
 
 
 def read_model(path: str | Path) -> AlignmentModel:

@@ -3,8 +3,9 @@
 ``collator_for(task, config)`` is the picklable ``data.BatchCollator`` that ``fit`` and ``check``
 make batches with: one preprocessor per role (the preprocessor of the tower that embeds it),
 the text views of the config, and the item ids of each preprocessed role (``keys``, for a locked
-tower's feature cache). Under torchrun each process preprocesses only its own rows
-(``shard``); ids, labels and scores stay whole-batch.
+tower's feature cache). A locked tower's roles carry their raw items (``core.items.Deferred``):
+the tower preprocesses only those its cache lacks. Under torchrun each process preprocesses only
+its own rows (``shard``); ids, labels and scores stay whole-batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from contralign.core.dist import rank, world_size
-from contralign.core.items import item_key
+from contralign.core.items import Deferred, item_key
 from contralign.data import (
     BatchCollator,
     BatchExtras,
@@ -57,8 +58,11 @@ def collator_for(task: ContrastiveTask, config: TrainConfig, *, sharded: bool = 
     """The batches ``task`` trains on: roles preprocessed by their towers, the config's text
     views, item ids; with ``sharded``, only this process's rows are preprocessed."""
     model = task.model
-    preprocess = {role: model.side(role).preprocessor  # a momentum copy: its source's
-                  for role in ("anchor", "positive", "negative")}
+    preprocess: dict[str, Any] = {}
+    for role in ("anchor", "positive", "negative"):
+        locked = model.tower_name(role) in model.frozen and not config.views
+        # A locked tower preprocesses only what its feature cache lacks (items with keys).
+        preprocess[role] = Deferred() if locked else model.side(role).preprocessor
     hook: BatchExtras = ItemKeys()
     if config.views:
         hook = TextViews(tuple(build_views(config.views)), task.views_only)

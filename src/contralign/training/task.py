@@ -50,7 +50,11 @@ class Role:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.inputs.values())).device
+        """Where its tensors are (a locked tower's raw items: where its keys are)."""
+        tensors = [v for v in self.inputs.values() if isinstance(v, Tensor)]
+        if tensors:
+            return tensors[0].device
+        return self.keys.device if self.keys is not None else torch.device("cpu")
 
     def take(self, rows: Tensor | slice) -> dict[str, Tensor]:
         """The inputs of ``rows`` (an ``(n,)`` index tensor or a slice), in that order."""
