@@ -196,9 +196,9 @@ class FeatureCache:
         ids = keys.tolist()
         missing = [row for row, key in enumerate(ids) if key not in self.rows]
         if missing:
-            rows = torch.tensor(missing)
             with torch.no_grad():
-                computed = tower.features(_rows_of(tower, inputs, rows, keys.device))  # (m, F)
+                computed = tower.features(_rows_of(tower, inputs, torch.tensor(missing),
+                                                   keys.device))  # (m, F)
             for row, value in zip(missing, computed, strict=True):
                 self.rows[ids[row]] = value
         return torch.stack([self.rows[key] for key in ids])
