@@ -58,11 +58,21 @@ def test_recipes_are_listed():
     assert {"lit", "clip", "siglip"} <= set(listed)
 
 
-def _tiny_towers(tiny_model_dir: Path) -> list[str]:
+def _text_stand_in(recipe: Any, tiny_model_dir: Path) -> list[str]:
+    """The tiny text model in place of the recipe's, with a head to the recipe's common width
+    where the recipe's text tower has none (it relies on MiniLM's 384 dimensions)."""
+    towers = yaml.safe_load(recipe.path.read_text())["model"]["towers"]
+    overrides = [f"model.towers.text.name={tiny_model_dir}"]
+    if "projection_dim" not in towers["text"]:
+        overrides.append(f"model.towers.text.projection_dim={towers['image']['projection_dim']}")
+    return overrides
+
+
+def _tiny_towers(recipe: Any, tiny_model_dir: Path) -> list[str]:
     """Overrides that stand small towers in for an image–text recipe's: the image network at
     32 px (its weights as they are) and the tiny text model."""
-    return ["model.towers.image.image_size=32", f"model.towers.text.name={tiny_model_dir}",
-            "model.towers.text.max_length=16"]
+    return ["model.towers.image.image_size=32", "model.towers.text.max_length=16",
+            *_text_stand_in(recipe, tiny_model_dir)]
 
 
 @pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=[r.name for r in IMAGE_RECIPES])
@@ -73,7 +83,7 @@ def test_image_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: 
     data = tmp_path / "images.npz"
     np.savez(data, images=rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8),
              labels=np.arange(24) % 4, classes=np.array(["cat", "dog", "bird", "ship"]))
-    overrides = [*_tiny_towers(tiny_model_dir), "train.batch_size=12", "train.max_steps=2",
+    overrides = [*_tiny_towers(recipe, tiny_model_dir), "train.batch_size=12", "train.max_steps=2",
                  f"output_dir={tmp_path / 'run'}"]
     result = runner.invoke(app, ["train", recipe.name, "--data", str(data), "--json",
                                  *[arg for o in overrides for arg in ("--set", o)]])
@@ -186,7 +196,7 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
 
 def _stand_ins(recipe: Any, tiny_model_dir: Path) -> list[str]:
     if _towers(recipe):
-        return [f"model.towers.text.name={tiny_model_dir}", "data.path=unused.npz"]
+        return [*_text_stand_in(recipe, tiny_model_dir), "data.path=unused.npz"]
     return [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"]
 
 
@@ -221,7 +231,7 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
     if towers:
         towers["text"]["name"] = str(tiny_model_dir)
         for tower in towers.values():
-            tower["projection_dim"] = tower["projection_dim"] // 2
+            tower["projection_dim"] = 96  # a common width, changed from every recipe's
             tower["frozen"] = not tower.get("frozen", False)
     else:
         changed["model"]["name"] = str(tiny_model_dir)
