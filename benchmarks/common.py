@@ -111,3 +111,25 @@ def ratio(ours: float, reference: float) -> float:
 def print_json(result: dict[str, Any]) -> None:
     """The ``--json`` output: one JSON object on one line, last on stdout."""
     print(json.dumps(result, sort_keys=False, default=str))
+
+
+def cifar_per_class(per_class: int, skip: int = 0) -> tuple[Any, Any, Any]:
+    """``(images (N, 32, 32, 3) uint8, labels (N,) int64, class names (10,))`` from
+    ``../shared/data/images/cifar10-part-a.npz``: for each class that has images, its images
+    number ``skip`` to ``skip + per_class - 1`` in file order (a deterministic per-class split:
+    two calls with disjoint ranges give disjoint images). Exits with a one-line message when the
+    file is absent or a class has fewer images than asked for."""
+    import numpy as np
+
+    path = require(data_dir() / "images" / "cifar10-part-a.npz")
+    with np.load(path) as data:
+        images, labels, classes = data["images"], data["labels"], data["classes"]
+    rows = []
+    for label in np.unique(labels):
+        own = np.flatnonzero(labels == label)
+        if len(own) < skip + per_class:
+            sys.exit(f"benchmark: class {classes[label]} has {len(own)} images in {path.name}; "
+                     f"asked for images {skip} to {skip + per_class - 1}")
+        rows.append(own[skip:skip + per_class])
+    chosen = np.concatenate(rows)
+    return images[chosen], labels[chosen].astype(np.int64), classes
