@@ -212,3 +212,15 @@ def test_raw_items_are_preprocessed_only_when_the_cache_lacks_them(tiny_model_di
         got = task({**base, "anchor": Deferred()(texts)})["loss"]
         assert torch.equal(got, expected)
     assert seen == [texts]  # once, for the first pass; the second came from the cache
+
+
+def test_a_locked_tower_is_in_eval_mode_from_the_start(tiny_model_dir):
+    """Before anyone calls train(): its cached features are eval-mode ones (no dropout)."""
+    tower = contralign.load_tower(str(tiny_model_dir), projection_dim=8)
+    model = AlignmentModel({"a": tower, "b": contralign.load_tower(str(tiny_model_dir))},
+                           {"anchor": "a", "positive": "b"}, frozen=["a"])
+    assert not tower.training and model.towers["b"].training
+    batch = tower.preprocess(["a cat", "a dog"])
+    first = model.embed("anchor", batch, torch.arange(2))
+    again = model.caches["a"].features(tower, batch, None)  # recomputed, not cached
+    assert torch.equal(tower.project(again), first)

@@ -75,6 +75,7 @@ class AlignmentModel(nn.Module):
                 raise ValueError(f"frozen: {name} is a momentum copy (never trained already)")
             for parameter in backbone_parameters(self.towers[name]):
                 parameter.requires_grad_(False)
+            self.towers[name].eval()  # from the start: its cache must hold eval-mode features
         self.caches = {name: FeatureCache() for name in self.frozen}
 
     @classmethod
