@@ -135,3 +135,13 @@ def test_a_killed_two_tower_run_resumes_exactly(tiny_model_dir, images_npz, tmp_
         full = load_file(str(tmp_path / "full" / "model" / tower / "model.safetensors"))
         resumed = load_file(str(tmp_path / "killed" / "model" / tower / "model.safetensors"))
         assert all(torch.equal(full[k], resumed[k]) for k in full), tower
+
+
+def test_two_towers_train_under_bf16_autocast(tiny_model_dir, images_npz, tmp_path):
+    """The towers run under bfloat16 autocast, their embeddings (and the cached features) are
+    cast to float32 for the objective: a finite loss and a trained image head."""
+    raw = lit_config(tiny_model_dir, images_npz, tmp_path / "r", precision="bf16", log_every=1)
+    result = fit(TrainConfig.model_validate(raw), progress=False)
+    losses = [json.loads(line)["loss"] for line in
+              (result.run_dir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert losses and all(np.isfinite(losses))

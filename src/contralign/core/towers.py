@@ -50,6 +50,14 @@ class Encoder(Protocol):
 
 
 @runtime_checkable
+class FingerprintedEncoder(Encoder, Protocol):
+    """What an index needs of a tower: embed items, and say which weights embed them (an index
+    refuses queries from a tower that embeds differently from the one that built it)."""
+
+    def fingerprint(self) -> str: ...
+
+
+@runtime_checkable
 class Tower(Protocol):
     """An encoder of one modality: raw items in, embeddings ``(B, D)`` out.
 

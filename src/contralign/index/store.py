@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from contralign.core.errors import ContralignError
 from contralign.core.io import atomic_directory, damaged_files, folder_checksums
 from contralign.core.outputs import INDEX
+from contralign.core.towers import FingerprintedEncoder
 from contralign.index.exact import VectorIndex, as_matrix
 from contralign.index.faiss_backend import Backend, build_index
 
@@ -32,12 +33,8 @@ META_FILE = "index.json"
 FORMAT_VERSION = 2  # 2: index.json holds the files' SHA-256; 1 (without) still loads
 
 
-class QueryEncoder(Protocol):
-    """What ``SearchIndex.search`` needs of a tower (``core.towers.Tower`` has both)."""
-
-    def encode(self, items: list[Any], batch_size: int) -> np.ndarray: ...
-
-    def fingerprint(self) -> str: ...
+# What ``SearchIndex.search`` needs of a tower: ``encode`` and ``fingerprint``.
+QueryEncoder = FingerprintedEncoder
 
 
 @dataclass(frozen=True)
