@@ -50,6 +50,7 @@ from contralign.core.outputs import MODEL, read_manifest
 from contralign.core.towers import Modality, StoredFingerprint
 from contralign.encoders.folder import weights_fingerprint
 from contralign.encoders.imaging import LITE_MEAN, LITE_STD, ImagePreprocessor
+from contralign.encoders.pooling import project
 
 IMAGE_TOWER = "image"
 DEFAULT_IMAGE_MODEL = "efficientnet-lite0"
@@ -235,11 +236,7 @@ class ImageTower(nn.Module):
 
     def project(self, features: Tensor) -> Tensor:
         """``(B, D)``: the head (if any) and the L2 normalisation (if on) of ``features``."""
-        if self.head is not None:
-            features = self.head(features)  # (B, projection_dim)
-        if self.config.normalize:
-            features = F.normalize(features, p=2, dim=-1)
-        return features
+        return project(features, self.head, bool(self.config.normalize))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``(B, D)``: ``project(features(batch))``."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 PoolingMode = Literal["mean", "cls", "max", "last"]
 POOLING_MODES: tuple[str, ...] = get_args(PoolingMode)
@@ -34,3 +35,11 @@ def pool(token_embeddings: Tensor, attention_mask: Tensor, mode: PoolingMode) ->
             rows = torch.arange(token_embeddings.shape[0], device=token_embeddings.device)
             return token_embeddings[rows, last]
     raise ValueError(f"pooling: unknown mode {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+
+
+def project(features: Tensor, head: nn.Module | None, normalize: bool) -> Tensor:
+    """A tower's ``project``: ``(B, F)`` features through its head (if any) to ``(B, D)``, then
+    L2-normalised when the tower normalises."""
+    if head is not None:
+        features = head(features)  # (B, projection_dim)
+    return F.normalize(features, p=2, dim=-1) if normalize else features

@@ -53,6 +53,7 @@ from contralign.encoders.folder import (
     weights_fingerprint,
     write_json,
 )
+from contralign.encoders.pooling import project
 from contralign.encoders.resolve import resolve_model
 
 STATIC_TOWER = "static"
@@ -311,7 +312,7 @@ class StaticEncoder(nn.Module):
 
     def project(self, features: Tensor) -> Tensor:
         """``(B, D)``: ``features``, L2-normalised when the tower normalises."""
-        return F.normalize(features, p=2, dim=-1) if self.config.normalize else features
+        return project(features, None, self.config.normalize)
 
     # --- inference ------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contralign.core.errors import ConfigError, ModelNotFoundError
@@ -28,7 +27,7 @@ from contralign.encoders.folder import (
     write_st_layout,
 )
 from contralign.encoders.lengths import length_groups, take_rows, trim_padding
-from contralign.encoders.pooling import pool
+from contralign.encoders.pooling import pool, project
 from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolve_model
 
 # Above this many texts, encode() shows a progress bar unless told otherwise.
@@ -159,11 +158,7 @@ class TextEncoder(nn.Module):
 
     def project(self, features: Tensor) -> Tensor:
         """``(B, D)``: the head (if any) and the L2 normalisation (if on) of ``features``."""
-        if self.head is not None:
-            features = self.head(features)  # (B, projection_dim)
-        if self.config.normalize:
-            features = F.normalize(features, p=2, dim=-1)
-        return features
+        return project(features, self.head, bool(self.config.normalize))
 
     def _pooled_in_groups(self, batch: dict[str, Tensor], groups: list[Tensor]) -> Tensor:
         """``(B, H)``: each group of rows pooled on its own, trimmed to its longest row."""
