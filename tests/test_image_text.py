@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tests.conftest import one_line_error
 from typer.testing import CliRunner
 
 from contralign.cli.app import app
@@ -17,7 +18,6 @@ from contralign.core.errors import ConfigError
 from contralign.training.check import check
 from contralign.training.config import TrainConfig
 from contralign.training.loop import fit
-from tests.conftest import one_line_error
 
 runner = CliRunner()
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
@@ -118,7 +118,6 @@ def test_a_killed_two_tower_run_resumes_exactly(tiny_model_dir, images_npz, tmp_
     weights as an uninterrupted run."""
     import torch
     from safetensors.torch import load_file
-
     from tests.test_resume import Crash, crash_after
 
     def config(out: Path) -> TrainConfig:
