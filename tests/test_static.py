@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from contralign.core.errors import ModelNotFoundError
-from contralign.encoders.protocol import Tower
+from contralign.core.errors import ConfigError, ModelNotFoundError
+from contralign.core.towers import Tower
 from contralign.encoders.static import (
     StaticEncoder,
     StaticEncoderConfig,
@@ -192,7 +192,7 @@ def test_bad_names_folders_and_settings(tiny, tmp_path, tiny_model_dir):
         StaticEncoder.from_pretrained("glove-6b-300d")
     with pytest.raises(ModelNotFoundError, match="unknown static vectors.*wordllama-256"):
         StaticEncoder.from_vectors("glove-6b-300d")
-    with pytest.raises(ValueError, match=r"unknown StaticEncoder setting\(s\) \['pooling'\]"):
+    with pytest.raises(ConfigError, match="model.pooling: the static tower has no such setting"):
         StaticEncoder.from_pretrained("wordllama-256", pooling="max")
     tiny.save(tmp_path / "pickled")
     weights = tmp_path / "pickled" / "model.safetensors"

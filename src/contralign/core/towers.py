@@ -22,8 +22,11 @@ stay light.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from contralign.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 Modality = Literal["text", "image"]
 MODALITIES: tuple[str, ...] = ("text", "image")
 Batch = dict[str, "Tensor"]
+Settings = TypeVar("Settings")
 
 
 class Preprocessor(Protocol):
@@ -126,3 +130,17 @@ class StoredFingerprint:
 def _versions(module: nn.Module) -> tuple[int, ...]:
     tensors = [*module.parameters(), *module.buffers()]
     return tuple(int(t._version) for t in tensors)
+
+
+def with_settings(settings: Settings, overrides: dict[str, Any], kind: str) -> Settings:
+    """``settings`` (a tower's settings dataclass) with ``overrides`` replaced.
+
+    Raises:
+        ConfigError: a key the tower does not have, named as ``model.<key>``.
+    """
+    accepted = [field.name for field in dataclasses.fields(settings)]  # type: ignore[arg-type]
+    for key in overrides:
+        if key not in accepted:
+            raise ConfigError(f"model.{key}: the {kind} tower has no such setting (it takes "
+                              f"{', '.join(accepted)})")
+    return dataclasses.replace(settings, **overrides)  # type: ignore[type-var]

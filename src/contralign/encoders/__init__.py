@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from contralign.core.towers import Tower
 from contralign.encoders.pooling import POOLING_MODES, PoolingMode, pool
-from contralign.encoders.protocol import Tower
 
 __all__ = ["POOLING_MODES", "PoolingMode", "Tower", "pool"]

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.io import atomic_directory
 from contralign.core.outputs import MODEL, read_manifest
-from contralign.core.towers import Modality, StoredFingerprint
+from contralign.core.towers import Modality, StoredFingerprint, with_settings
 from contralign.encoders.folder import weights_fingerprint
 from contralign.encoders.imaging import LITE_MEAN, LITE_STD, ImagePreprocessor
 from contralign.encoders.pooling import project
@@ -166,7 +166,7 @@ class ImageTower(nn.Module):
         if name != DEFAULT_IMAGE_MODEL and not name.startswith(TIMM_PREFIX):
             raise ModelNotFoundError(f"model: {name}: unknown image model (known: "
                                      f"{KNOWN_IMAGE_MODELS}, or a folder an image tower saved)")
-        tower = cls(name, _with_overrides(ImageTowerConfig(), overrides))
+        tower = cls(name, with_settings(ImageTowerConfig(), overrides, "image"))
         if name == DEFAULT_IMAGE_MODEL:
             _check_weights(tower.backbone, _lite0_weights(), name, skip=())
         return tower
@@ -187,7 +187,7 @@ class ImageTower(nn.Module):
     @classmethod
     def _from_folder(cls, folder: Path, overrides: dict[str, Any]) -> ImageTower:
         architecture, saved, fingerprint = read_image_folder(folder)
-        config = _with_overrides(saved, overrides)
+        config = with_settings(saved, overrides, "image")
         tower = cls(architecture, config)
         fresh_head = config.projection_dim != saved.projection_dim
         weights_file = folder / _WEIGHTS_FILE
@@ -339,14 +339,6 @@ def read_image_folder(folder: Path) -> tuple[str, ImageTowerConfig, str | None]:
     fingerprint = manifest.get("fingerprint")
     return architecture, config, fingerprint if isinstance(fingerprint, str) else None
 
-
-def _with_overrides(config: ImageTowerConfig, overrides: dict[str, Any]) -> ImageTowerConfig:
-    fields = [f.name for f in dataclasses.fields(ImageTowerConfig)]
-    for key in overrides:
-        if key not in fields:
-            raise ConfigError(f"model.{key}: an image tower has no such setting (it takes "
-                              f"{', '.join(fields)})")
-    return dataclasses.replace(config, **overrides)
 
 
 def _check_weights(module: nn.Module, state: dict[str, Tensor], source: str,

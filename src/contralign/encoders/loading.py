@@ -12,12 +12,12 @@ towers with ``load_tower(..., tower=NAME)`` (a tower's name, or its modality).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from contralign.core.errors import ConfigError, ModelNotFoundError
+from contralign.core.errors import ModelNotFoundError
 from contralign.core.outputs import MODEL, RUN, is_owned, read_manifest
+from contralign.core.towers import with_settings
 from contralign.encoders.folder import TextEncoderConfig
 from contralign.encoders.image import ImageTower, ImageTowerConfig, is_image_model
 from contralign.encoders.model import MULTI_TOWER, AlignmentModel, read_model
@@ -62,11 +62,7 @@ def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", *, tower: str
         case _:
             tower_kind = detect_kind(name)
     cls, settings = TOWERS[tower_kind]
-    accepted = [f.name for f in dataclasses.fields(settings)]
-    for key in overrides:
-        if key not in accepted:
-            raise ConfigError(f"model.{key}: the {tower_kind} tower has no such setting (it takes "
-                              f"{', '.join(accepted)})")
+    with_settings(settings(), overrides, tower_kind)  # a key the tower lacks: before any loading
     return cls.from_pretrained(name, **overrides)
 
 

