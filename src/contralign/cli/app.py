@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from contralign.cli import catalog, check, common, demo, encode, evaluate, search, train
+from contralign.cli import catalog, check, common, demo, encode, evaluate, mine, search, train
 
 app = typer.Typer(
     cls=common.OneLineUsageErrors,
@@ -31,6 +31,7 @@ app.command("encode")(encode.encode_command)
 app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)
+app.command("mine")(mine.mine_command)
 app.command("objectives")(catalog.objectives_command)
 app.command("recipes")(catalog.recipes_command)
 

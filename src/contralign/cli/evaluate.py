@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.table import Table
 
+from contralign.cli.bitext import BITEXT_HELP, SCORING_HELP, bitext_evaluators, bitext_table
 from contralign.cli.common import command, console, parse_columns, print_json
 
 STS_COLUMNS = {"anchor": "sentence1", "positive": "sentence2", "score": "score"}
@@ -31,6 +32,9 @@ def eval_command(
     template: list[str] = typer.Option(
         [], "--template", help="A zero-shot prompt with {label}; repeat for an ensemble "
         "(default: a built-in ensemble)."),
+    bitext: list[str] = typer.Option([], "--bitext", help=BITEXT_HELP),
+    scoring: Literal["cosine", "margin", "distance"] = typer.Option(
+        "cosine", "--scoring", help=SCORING_HELP),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
@@ -42,8 +46,9 @@ def eval_command(
     from contralign.encoders.loading import load_model, role_modalities
     from contralign.evaluation import Sides, ZeroShotEvaluator, evaluate_all
 
-    if sts is None and retrieval is None and zero_shot is None:
-        raise ContralignError("eval: give --sts FILE, --retrieval FILE and/or --zero-shot FILE")
+    if sts is None and retrieval is None and zero_shot is None and not bitext:
+        raise ContralignError("eval: give --sts FILE, --retrieval FILE, --zero-shot FILE and/or "
+                              "--bitext FILE")
     modalities = role_modalities(model)  # the files are read before the model is loaded
     if zero_shot is not None and "image" not in modalities.values():
         raise ContralignError(f"--zero-shot: {model} has no image tower (it embeds "
@@ -55,6 +60,8 @@ def eval_command(
         evaluators += _retrieval(retrieval, parse_columns(columns), modalities, batch_size)
     if zero_shot is not None:
         evaluators.append(_zero_shot(zero_shot, classes, template, batch_size))
+    bitexts = bitext_evaluators(bitext, scoring, modalities, batch_size) if bitext else []
+    evaluators += bitexts
     loaded = load_model(model)
     metrics = evaluate_all(Sides(loaded.side("anchor"), loaded.side("positive")), evaluators)
     if as_json:
@@ -62,12 +69,16 @@ def eval_command(
         print_json({"model": model, "metrics": metrics, **({"details": details}
                                                              if details else {})})
         return
+    if bitexts:
+        console.print(bitext_table(bitexts, metrics))
+        metrics = {n: v for n, v in metrics.items() if not n.startswith("bitext/")}
     table = Table(title=f"Evaluation of {model}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
-    console.print(table)
+    if metrics:
+        console.print(table)
 
 
 def _sts(path: Path, batch_size: int) -> Any:
