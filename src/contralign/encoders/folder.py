@@ -8,6 +8,7 @@ Layout (what ``SentenceTransformer(path)`` reads)::
     config.json, model.safetensors    the transformers model
     tokenizer files
     1_Pooling/config.json
+    config_sentence_transformers.json  also the prompts (``"prompts"``, ``"default_prompt_name"``)
     2_Dense/{config.json, model.safetensors}   when there is a projection head
     contralign.json                   our own settings and a fingerprint
 """
@@ -16,29 +17,44 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from contralign.core.errors import ModelNotFoundError
+from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.encoders.pooling import POOLING_MODES, PoolingMode
 
 CONTRALIGN_FILE = "contralign.json"
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+# Settings kept in ST_CONFIG_FILE only (where sentence-transformers reads them), not in ours.
+_ST_ONLY = ("prompts", "default_prompt_name")
 _ST_TYPES = "sentence_transformers.models"
 
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
-    """Settings of a text tower that are not part of the transformers model."""
+    """Settings of a text tower that are not part of the transformers model.
+
+    ``prompts`` are sentence-transformers' prompts: name -> text put in front of every input
+    (e5's ``{"query": "query: ", "passage": "passage: "}``); ``default_prompt_name`` names the
+    one used when the caller names none (training, preprocessing, ``encode``); None: no prompt.
+    """
 
     pooling: PoolingMode = "mean"
     normalize: bool = False
     max_length: int = 256
     projection_dim: int | None = None
     temperature: float | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+
+    @property
+    def default_prompt(self) -> str:
+        """The text the default prompt puts in front of each input ("" without one)."""
+        return "" if self.default_prompt_name is None else self.prompts[self.default_prompt_name]
 
 
 def write_st_layout(
@@ -75,12 +91,14 @@ def write_st_layout(
     write_json(folder / "modules.json", modules)
     write_json(folder / "sentence_bert_config.json",
                 {"max_seq_length": config.max_length, "do_lower_case": False})
-    write_json(folder / "config_sentence_transformers.json",
-                {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None})
+    write_json(folder / ST_CONFIG_FILE, {"similarity_fn_name": "cosine",
+                                         "prompts": dict(config.prompts),
+                                         "default_prompt_name": config.default_prompt_name})
 
 
 def write_contralign_file(folder: Path, config: TextEncoderConfig, extra: dict[str, Any]) -> None:
-    write_json(folder / CONTRALIGN_FILE, {"tower": "text", **asdict(config), **extra})
+    settings = {k: v for k, v in asdict(config).items() if k not in _ST_ONLY}
+    write_json(folder / CONTRALIGN_FILE, {"tower": "text", **settings, **extra})
 
 
 def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
@@ -93,11 +111,14 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
         ModelNotFoundError: a malformed ``contralign.json`` or ``modules.json``.
     """
     has_head = (folder / "2_Dense" / "model.safetensors").is_file()
+    prompts, default_prompt_name = read_prompts(folder)
     ours = folder / CONTRALIGN_FILE
     if ours.is_file():
         data = read_json(ours)
         fields = TextEncoderConfig.__dataclass_fields__
-        return TextEncoderConfig(**{k: v for k, v in data.items() if k in fields}), has_head
+        settings = {k: v for k, v in data.items() if k in fields and k not in _ST_ONLY}
+        return TextEncoderConfig(**settings, prompts=prompts,
+                                 default_prompt_name=default_prompt_name), has_head
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return TextEncoderConfig(), False
@@ -115,8 +136,40 @@ def read_folder_config(folder: Path) -> tuple[TextEncoderConfig, bool]:
     st_config = folder / "sentence_bert_config.json"
     max_length = read_json(st_config).get("max_seq_length", 256) if st_config.is_file() else 256
     config = TextEncoderConfig(pooling=pooling, normalize="Normalize" in types,
-                               max_length=int(max_length or 256))
+                               max_length=int(max_length or 256), prompts=prompts,
+                               default_prompt_name=default_prompt_name)
     return config, has_head and "Dense" in types
+
+
+def read_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
+    """The prompts and the default prompt's name in ``config_sentence_transformers.json`` (as
+    sentence-transformers reads them); none without the file.
+
+    Raises:
+        ModelNotFoundError: prompts that are not names -> texts, or a default prompt name that
+            names none of them.
+    """
+    path = folder / ST_CONFIG_FILE
+    if not path.is_file():
+        return {}, None
+    data = read_json(path)
+    prompts = data.get("prompts") or {} if isinstance(data, dict) else {}
+    default = data.get("default_prompt_name") if isinstance(data, dict) else None
+    if not isinstance(prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise ModelNotFoundError(f"{path}: prompts: expected an object of names to texts")
+    if default is not None and default not in prompts:
+        raise ModelNotFoundError(f"{path}: default_prompt_name: {default!r} is not one of the "
+                                 f"prompts ({', '.join(prompts) or 'none'})")
+    return dict(prompts), default
+
+
+def check_prompts(config: TextEncoderConfig, key: str = "model") -> None:
+    """Raise ``ConfigError`` when ``default_prompt_name`` names none of ``prompts``."""
+    name = config.default_prompt_name
+    if name is not None and name not in config.prompts:
+        raise ConfigError(f"{key}.default_prompt_name: {name!r} is not one of the prompts "
+                          f"({', '.join(config.prompts) or 'none'})")
 
 
 def read_stored_fingerprint(folder: Path) -> str | None:

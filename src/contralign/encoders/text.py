@@ -19,6 +19,7 @@ from contralign.core.outputs import MODEL
 from contralign.core.towers import StoredFingerprint
 from contralign.encoders.folder import (
     TextEncoderConfig,
+    check_prompts,
     load_head,
     read_folder_config,
     read_stored_fingerprint,
@@ -37,14 +38,20 @@ PROGRESS_THRESHOLD = 1000
 @dataclass(frozen=True)
 class TextPreprocessor:
     """Texts -> ``input_ids``, ``attention_mask`` (and the model's other inputs) ``(B, T)``:
-    padded to the longest, truncated to ``max_length``. Picklable (DataLoader workers)."""
+    ``prompt`` put in front of each text, padded to the longest, truncated to ``max_length``.
+    Picklable (DataLoader workers), prompt included."""
 
     tokenizer: Any
     max_length: int
+    prompt: str = ""
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+        return dict(self.tokenizer(self.prompted(texts), padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt"))
+
+    def prompted(self, texts: Sequence[str]) -> list[str]:
+        """The texts with the prompt in front (sentence-transformers' ``prompt + text``)."""
+        return [self.prompt + text for text in texts] if self.prompt else list(texts)
 
 
 class TextEncoder(nn.Module):
@@ -73,7 +80,8 @@ class TextEncoder(nn.Module):
         # Rows x longest row of one length group in forward; None: the batch in one pass. A
         # run-time setting of the trainer (``train.tokens_per_group``), not saved.
         self.tokens_per_group: int | None = None
-        self.preprocessor = TextPreprocessor(tokenizer, config.max_length)
+        check_prompts(config)
+        self.preprocessor = TextPreprocessor(tokenizer, config.max_length, config.default_prompt)
         self.stored_fingerprint = StoredFingerprint()
 
     kind = "text"
@@ -94,7 +102,7 @@ class TextEncoder(nn.Module):
         """Load a local folder, an installed model package, or a hub id (see DESIGN.md).
 
         ``overrides`` replace folder settings: ``pooling``, ``normalize``, ``max_length``,
-        ``projection_dim``.
+        ``projection_dim``, ``prompts``, ``default_prompt_name``.
 
         Raises:
             ModelNotFoundError: nothing loadable under that name (one-line message).
@@ -135,7 +143,8 @@ class TextEncoder(nn.Module):
     # --- Tower protocol -------------------------------------------------------------------
 
     def preprocess(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Tokenize, pad to the longest and truncate to ``max_length``."""
+        """Put the default prompt in front, tokenize, pad to the longest and truncate to
+        ``max_length``."""
         return self.preprocessor(texts)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -189,22 +198,42 @@ class TextEncoder(nn.Module):
 
     # --- inference ------------------------------------------------------------------------
 
+    def prompt(self, prompt_name: str | None = None) -> str:
+        """The text of the prompt ``prompt_name`` (None: the default prompt, "" without one).
+
+        Raises:
+            ConfigError: the tower has no prompt of that name.
+        """
+        if prompt_name is None:
+            return self.config.default_prompt
+        if prompt_name not in self.config.prompts:
+            raise ConfigError(f"prompt_name: {prompt_name!r} is not a prompt of this tower (it "
+                              f"has: {', '.join(self.config.prompts) or 'none'})")
+        return self.config.prompts[prompt_name]
+
     @torch.inference_mode()
     def encode(
-        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
+        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None,
+        prompt_name: str | None = None,
     ) -> np.ndarray:
         """Embed texts as a float32 array ``(N, D)`` in input order.
 
-        Texts are tokenized once, sorted by token count and batched, so each batch pads little.
+        Each text gets the prompt ``prompt_name`` in front (None: the default prompt, as
+        sentence-transformers does). Texts are tokenized once, sorted by token count and batched,
+        so each batch pads little.
+
+        Raises:
+            ConfigError: ``prompt_name`` names no prompt of the tower.
         """
         texts = list(texts)
+        preprocessor = dataclasses.replace(self.preprocessor, prompt=self.prompt(prompt_name))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         lengths = [len(ids) for ids in self.tokenizer(
-            texts, truncation=True, max_length=self.config.max_length,
+            preprocessor.prompted(texts), truncation=True, max_length=self.config.max_length,
             add_special_tokens=True)["input_ids"]]
         order = np.argsort([-n for n in lengths], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -212,7 +241,7 @@ class TextEncoder(nn.Module):
         starts = range(0, len(texts), batch_size)
         for start in _progress(starts, show, "Encoding"):
             idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in self.preprocess([texts[i] for i in idx]).items()}
+            batch = {k: v.to(device) for k, v in preprocessor([texts[i] for i in idx]).items()}
             out[idx] = self(batch).float().cpu().numpy()
         self.train(was_training)
         return out
@@ -231,11 +260,15 @@ class TextEncoder(nn.Module):
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write a sentence-transformers folder (safetensors) + ``contralign.json``, atomically."""
         with atomic_directory(path, MODEL) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
-            write_st_layout(tmp, self.config, self.model.config.hidden_size, self.head)
-            write_contralign_file(tmp, self.config,
-                                  {"fingerprint": self.fingerprint(), **(extra or {})})
+            self.write_folder(tmp, extra)
+
+    def write_folder(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the folder's files into ``folder`` (a fresh one: ``save`` makes it atomic)."""
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        write_st_layout(folder, self.config, self.model.config.hidden_size, self.head)
+        write_contralign_file(folder, self.config,
+                              {"fingerprint": self.fingerprint(), **(extra or {})})
 
     @classmethod
     def load(cls, path: str | Path) -> TextEncoder:
@@ -245,7 +278,11 @@ class TextEncoder(nn.Module):
 def hash_config(config: TextEncoderConfig) -> str:
     import hashlib
 
-    text = repr(sorted(dataclasses.asdict(config).items()))
+    settings = dataclasses.asdict(config)
+    if not config.prompts and config.default_prompt_name is None:
+        # Towers without prompts hash as before prompts existed: their fingerprints still hold.
+        del settings["prompts"], settings["default_prompt_name"]
+    text = repr(sorted(settings.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
