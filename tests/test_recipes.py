@@ -32,8 +32,14 @@ def _towers(recipe: Any) -> bool:
     return "towers" in yaml.safe_load(recipe.path.read_text())["model"]
 
 
+def _teacher(recipe: Any) -> bool:
+    """A distillation recipe: text towers, one of them a locked teacher."""
+    return "teacher" in yaml.safe_load(recipe.path.read_text())["model"].get("roles", {})
+
+
 TEXT_RECIPES = [r for r in RECIPES if not _towers(r)]
-IMAGE_RECIPES = [r for r in RECIPES if _towers(r)]
+IMAGE_RECIPES = [r for r in RECIPES if _towers(r) and not _teacher(r)]
+TEACHER_RECIPES = [r for r in RECIPES if _teacher(r)]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
 
 
@@ -90,6 +96,26 @@ def test_image_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and Path(summary["model_dir"], "image").is_dir()
+
+
+def _tiny_teacher_and_student(recipe: Any, tiny_model_dir: Path) -> list[str]:
+    """The tiny text model for every tower of a distillation recipe (teacher and student)."""
+    towers = yaml.safe_load(recipe.path.read_text())["model"]["towers"]
+    return [f"model.towers.{name}.name={tiny_model_dir}" for name in towers]
+
+
+@pytest.mark.parametrize("recipe", TEACHER_RECIPES, ids=[r.name for r in TEACHER_RECIPES])
+def test_teacher_recipe_runs_on_tiny_data(recipe, tiny_model_dir: Path, tmp_path: Path):
+    config = yaml.safe_load(recipe.path.read_text())
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _tiny_rows(config["data"]["columns"])))
+    overrides = [*_tiny_teacher_and_student(recipe, tiny_model_dir), "train.batch_size=12",
+                 "train.max_steps=2", f"output_dir={tmp_path / 'run'}"]
+    result = runner.invoke(app, ["train", recipe.name, "--data", str(data), "--json",
+                                 *[arg for o in overrides for arg in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 2 and Path(summary["model_dir"], "student").is_dir()
 
 
 @pytest.mark.parametrize("recipe", TEXT_RECIPES, ids=[r.name for r in TEXT_RECIPES])
@@ -195,6 +221,8 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
 
 
 def _stand_ins(recipe: Any, tiny_model_dir: Path) -> list[str]:
+    if _teacher(recipe):
+        return [*_tiny_teacher_and_student(recipe, tiny_model_dir), "data.path=unused.jsonl"]
     if _towers(recipe):
         return [*_text_stand_in(recipe, tiny_model_dir), "data.path=unused.npz"]
     return [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"]
@@ -228,7 +256,11 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
     settings = yaml.safe_load(recipe.path.read_text())
     changed = copy.deepcopy(settings)
     towers = changed["model"].get("towers")
-    if towers:
+    if towers and _teacher(recipe):  # the teacher stays locked, without a head
+        for tower in towers.values():
+            tower["name"] = str(tiny_model_dir)
+            tower["max_length"] = tower.get("max_length", 64) // 2
+    elif towers:
         towers["text"]["name"] = str(tiny_model_dir)
         for tower in towers.values():
             tower["projection_dim"] = 96  # a common width, changed from every recipe's
@@ -270,12 +302,20 @@ def test_every_objective_trains_through_the_task(name, tiny_model_dir):
     torch.manual_seed(0)
     encoder = TextEncoder.from_pretrained(str(tiny_model_dir), max_length=16)
     params = {"swav": {"n_prototypes": 8}, "whitened_cse": {"groups": 8}}.get(name, {})
-    config = TrainConfig.model_validate({"data": {"path": "unused"},
+    model: dict[str, Any] = {}
+    if "targets" in OBJECTIVES[name].requires:  # distillation: a locked teacher of its own
+        model = {"towers": {"student": {"name": str(tiny_model_dir), "max_length": 16},
+                            "teacher": {"name": str(tiny_model_dir), "frozen": True}},
+                 "roles": {"anchor": "student", "positive": "student", "teacher": "teacher"}}
+    config = TrainConfig.model_validate({"data": {"path": "unused"}, "model": model,
                                          "objective": {"name": name, **params}})
-    task = build_task(config, encoder)
+    task = build_task(config, build_model(config) if model else encoder)
     if name == "moco":  # fill the queue first: the first batch has no negatives yet
         task(_batch(encoder))
-    losses = task(_batch(encoder))
+    batch = _batch(encoder)
+    if model:  # the teacher's copy of the anchors
+        batch["teacher"] = batch["anchor"]
+    losses = task(batch)
     assert torch.isfinite(losses["loss"]) and losses["loss"].ndim == 0
     losses["loss"].backward()
     untouched = [n for n, p in task.named_parameters()

@@ -31,8 +31,10 @@ from contralign.core.io import atomic_directory
 from contralign.core.outputs import MODEL, read_manifest
 from contralign.encoders.momentum import MomentumEncoder
 
-# Roles a batch holds, and the role whose tower each embeds with.
-ROLE_OF = {"anchor": "anchor", "view": "anchor", "positive": "positive", "negative": "positive"}
+# Roles a batch holds, and the role whose tower each embeds with. ``teacher``: a locked tower's
+# embedding of the anchors, the targets of distillation (arXiv:2004.09813).
+ROLE_OF = {"anchor": "anchor", "view": "anchor", "positive": "positive", "negative": "positive",
+           "teacher": "teacher"}
 ONE_TOWER = "tower"  # the name of a one-tower model's tower
 MULTI_TOWER = "model"  # contralign.json's tower kind of a model of several towers
 
@@ -42,13 +44,15 @@ class AlignmentModel(nn.Module):
 
     Args:
         towers: tower name -> tower (a ``core.towers.Tower``, or a ``MomentumEncoder`` of one).
-        roles: ``anchor`` and ``positive`` -> tower name.
+        roles: ``anchor`` and ``positive`` -> tower name; optionally ``teacher`` -> a locked
+            tower that embeds the anchors as targets (distillation).
         frozen: names of towers whose backbone is locked.
         sources: momentum copy's name -> the tower it follows.
 
     Raises:
-        ValueError: a role naming no tower, a role other than anchor/positive, a momentum copy
-            that is frozen or follows no tower, or a frozen name that is not a tower.
+        ValueError: a role naming no tower, a role other than anchor/positive/teacher, a
+            teacher that is not locked, a momentum copy that is frozen or follows no tower, or a
+            frozen name that is not a tower.
     """
 
     def __init__(self, towers: Mapping[str, nn.Module], roles: Mapping[Any, str],
@@ -64,12 +68,16 @@ class AlignmentModel(nn.Module):
             raise ValueError(f"sources: every momentum copy ({sorted(copies)}) needs the tower it "
                              f"follows; got {self.sources}")
         unknown = {role: name for role, name in self.roles.items()
-                   if role not in ("anchor", "positive") or name not in self.towers}
-        if unknown or set(self.roles) != {"anchor", "positive"}:
-            raise ValueError(f"roles: expected anchor and positive, each naming one of "
-                             f"{sorted(self.towers)}; got {self.roles}")
+                   if role not in ("anchor", "positive", "teacher") or name not in self.towers}
+        if unknown or not {"anchor", "positive"} <= set(self.roles):
+            raise ValueError(f"roles: expected anchor and positive (and optionally teacher), "
+                             f"each naming one of {sorted(self.towers)}; got {self.roles}")
         if not self.frozen <= set(self.towers):
             raise ValueError(f"frozen: {sorted(self.frozen - set(self.towers))} are not towers")
+        if "teacher" in self.roles and self.roles["teacher"] not in self.frozen:
+            raise ValueError(f"roles: the teacher {self.roles['teacher']!r} must be a frozen tower")
+        if "teacher" in self.roles:  # locked whole, a head too: its embeddings are the targets
+            self.towers[self.roles["teacher"]].requires_grad_(False)
         for name in self.frozen:
             if isinstance(self.towers[name], MomentumEncoder):
                 raise ValueError(f"frozen: {name} is a momentum copy (never trained already)")
@@ -108,6 +116,11 @@ class AlignmentModel(nn.Module):
         """The towers that are not momentum copies (what a model folder holds)."""
         return {name: tower for name, tower in self.towers.items()
                 if not isinstance(tower, MomentumEncoder)}
+
+    @property
+    def teacher(self) -> str | None:
+        """The name of the locked tower that embeds the anchors as targets, if any."""
+        return self.roles.get("teacher")
 
     @property
     def anchor_tower(self) -> Any:

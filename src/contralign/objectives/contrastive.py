@@ -3,16 +3,19 @@
 
 The core is one softmax cross-entropy between similarity logits and the diagonal target; a mask
 removes false negatives: a candidate that is the same as the row's positive (same text or same
-label) is never used as a negative.
+label) is never used as a negative. An additive margin (LaBSE, arXiv:2007.01852, after Yang et
+al. 2019, arXiv:1902.08564) lowers the positive's similarity by m before scaling, in each
+direction: row i's logits are ``(s_ij − m·δ_ij) / τ``, so a pair must beat every negative by m.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge
+from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
 from contralign.objectives.inputs import Embedded
@@ -22,7 +25,12 @@ from contralign.objectives.temperature import (
     register_log_scale,
     temperature_of,
 )
-from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_info_nce
+from contralign.objectives.tiled import (
+    DEFAULT_TILE_SIZE,
+    check_margin,
+    check_tile_size,
+    tiled_info_nce,
+)
 
 
 def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
@@ -50,13 +58,16 @@ def _duplicates(row_ids: Tensor, candidate_ids: Tensor) -> Tensor | None:
 
 def _one_direction(
     query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None,
-    rows: slice | None = None,
+    rows: slice | None = None, margin: float = 0.0,
 ) -> Tensor:
     target = torch.arange(query.shape[0], device=query.device)
     if rows is not None:  # only these anchor rows; their targets keep their batch columns
         query, target = query[rows], target[rows]
         mask = mask[rows] if mask is not None else None
     logits = scale * query @ candidates.T  # (B, M); target of row i is column i
+    if margin:  # (s_ii − m) / τ: the target's logit only; margin 0 leaves the logits untouched
+        on_target = F.one_hot(target, logits.shape[1]).to(logits.dtype)  # (B, M)
+        logits = logits - (scale * margin) * on_target
     if mask is not None:
         logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, target)
@@ -74,6 +85,7 @@ def info_nce(
     key_ids: Tensor | None = None,
     negative_ids: Tensor | None = None,
     rows: slice | None = None,
+    margin: float = 0.0,
 ) -> Tensor:
     """InfoNCE with in-batch negatives and optional hard negatives.
 
@@ -94,18 +106,22 @@ def info_nce(
             candidates; the loss is then the mean over them. One process of a multi-process run
             passes its share of the gathered batch (``contralign.training.distributed``): the
             row-weighted sum over processes is the whole batch's loss.
+        margin: additive margin m (LaBSE, arXiv:2007.01852): the positive's similarity is
+            lowered by m before scaling, in both directions when symmetric (LaBSE: 0.3 on
+            cosines). 0 is plain InfoNCE, bit for bit.
 
     Returns:
         The scalar loss.
 
     Raises:
-        ValueError: mismatched shapes.
+        ValueError: mismatched shapes, or a margin that is negative or not finite.
     """
     if query.shape != key.shape or query.dim() != 2:
         raise ValueError(f"info_nce: query {tuple(query.shape)} and key {tuple(key.shape)} "
                          "must both be (B, D)")
     if negatives is not None and (negatives.dim() != 3 or negatives.shape[0] != query.shape[0]):
         raise ValueError(f"info_nce: negatives {tuple(negatives.shape)} must be (B, K, D)")
+    check_margin("info_nce", margin)
     if normalize:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
         negatives = F.normalize(negatives, dim=-1) if negatives is not None else None
@@ -119,11 +135,11 @@ def info_nce(
                 raise ValueError("info_nce: key_ids given with negatives needs negative_ids too")
             candidate_ids = torch.cat([key_ids, negative_ids.flatten()])
         mask = _duplicates(key_ids, candidate_ids)
-    loss = _one_direction(query, candidates, scale, mask, rows)
+    loss = _one_direction(query, candidates, scale, mask, rows, margin)
     if not symmetric:
         return loss
     reverse_mask = _duplicates(query_ids, query_ids) if query_ids is not None else None
-    return (loss + _one_direction(key, query, scale, reverse_mask, rows)) / 2
+    return (loss + _one_direction(key, query, scale, reverse_mask, rows, margin)) / 2
 
 
 class InfoNCELoss(nn.Module):
@@ -140,20 +156,25 @@ class InfoNCELoss(nn.Module):
             (``tiled_info_nce``, arXiv:2410.17243): same value and gradients, memory
             ``O(B·D + tile_size²)`` instead of ``O(B·M)``.
         tile_size: rows and columns per block when tiled.
+        margin: additive margin m on the positive's similarity (LaBSE's bidirectional dual
+            encoder with additive margin softmax, arXiv:2007.01852: 0.3 with ``symmetric``).
 
     Raises:
-        ValueError: a temperature that is not positive and finite (NaN included), or a
-            tile size below 1.
+        ValueError: a temperature that is not positive and finite (NaN included), a tile
+            size below 1, or a margin that is negative or not finite.
     """
 
     def __init__(
         self, temperature: Temperature = 0.05, learnable_temperature: bool = False,
         symmetric: bool = False, tiled: bool = False,
         tile_size: Annotated[int, Ge(1)] = DEFAULT_TILE_SIZE,
+        margin: Annotated[float, Ge(0), Lt(math.inf)] = 0.0,
     ) -> None:
         super().__init__()
         check_temperature("info_nce", temperature)
         check_tile_size(tile_size, "info_nce")
+        check_margin("info_nce", margin)
+        self.margin = margin
         self.symmetric = symmetric
         self.tiled = tiled
         self.tile_size = tile_size
@@ -173,10 +194,10 @@ class InfoNCELoss(nn.Module):
             return tiled_info_nce(
                 batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
                 symmetric=self.symmetric, query_ids=batch.query_ids, key_ids=batch.key_ids,
-                negative_ids=batch.negative_ids, tile_size=self.tile_size,
+                negative_ids=batch.negative_ids, tile_size=self.tile_size, margin=self.margin,
             )
         return info_nce(
             batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
             symmetric=self.symmetric, query_ids=batch.query_ids, key_ids=batch.key_ids,
-            negative_ids=batch.negative_ids, rows=rows,
+            negative_ids=batch.negative_ids, rows=rows, margin=self.margin,
         )

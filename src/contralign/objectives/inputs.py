@@ -21,6 +21,8 @@ class Embedded:
         query_ids: ``(B,)`` int64 ids of the anchor texts, for duplicate masking.
         key_ids: ``(B,)`` int64 ids of the positives (text or label).
         negative_ids: ``(B, K)`` int64 ids of the hard negatives.
+        targets: ``(B, D)`` a locked teacher's embeddings of the anchors (the ``teacher``
+            role), for distillation; no gradient.
     """
 
     query: Tensor
@@ -32,6 +34,7 @@ class Embedded:
     query_ids: Tensor | None = None
     key_ids: Tensor | None = None
     negative_ids: Tensor | None = None
+    targets: Tensor | None = None
 
     def require(self, objective: str, *fields: str) -> None:
         """Raise ``ValueError`` naming the objective when a needed field is missing."""

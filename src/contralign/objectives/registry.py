@@ -162,6 +162,13 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "arXiv:2309.06651 (ConR, ICLR 2024)",
         "Contrastive regulariser for imbalanced regression on the score role.",
     ),
+    "distill_mse": ObjectiveInfo(
+        "contralign.objectives.distillation.DistillMSELoss", ("key", "targets"),
+        "arXiv:2004.09813 (multilingual knowledge distillation)",
+        "MSE of the student's source and translation embeddings to a locked teacher's "
+        "embedding of the source (model.roles.teacher).",
+        split="local",
+    ),
 }
 
 

@@ -7,6 +7,9 @@ the gradients block by block, so memory grows with ``(N + M) · D + tile²`` rat
 ``N · M``: the idea of Inf-CL (Cheng et al. 2024, "Breaking the Memory Barrier",
 arXiv:2410.17243), without its multi-GPU ring.
 
+The softmax loss takes InfoNCE's additive margin (LaBSE, arXiv:2007.01852): the target's logit
+is ``scale · (s_ii − m)``, so the scale's gradient gains ``−m · Σ_i W_ii``.
+
 Both losses equal their plain forms (``info_nce`` in ``contrastive.py``, ``sigmoid_loss`` in
 ``sigmoid.py``) in value and gradients; L2 normalisation and the temperature's reciprocal stay
 outside the custom ``autograd.Function`` so autograd differentiates them as usual.
@@ -14,6 +17,7 @@ outside the custom ``autograd.Function`` so autograd differentiates them as usua
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +32,12 @@ def check_tile_size(tile_size: int, objective: str) -> None:
     """Raise ``ValueError`` naming the objective unless ``tile_size`` is a positive integer."""
     if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
         raise ValueError(f"{objective}: tile_size must be an integer >= 1, got {tile_size!r}")
+
+
+def check_margin(objective: str, margin: float) -> None:
+    """Raise ``ValueError`` naming the objective unless ``margin`` is finite and >= 0."""
+    if not 0 <= margin < math.inf:  # also rejects NaN, which compares False to anything
+        raise ValueError(f"{objective}: margin must be finite and >= 0, got {margin}")
 
 
 def _spans(length: int, tile_size: int) -> list[tuple[int, int]]:
@@ -49,15 +59,18 @@ def _scalar(value: float | Tensor, like: Tensor, name: str) -> Tensor:
 
 def _softmax_tile(
     rows: Tensor, cols: Tensor, scale: Tensor, ids: Tensor | None, r0: int, c0: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype, margin: float = 0.0,
 ) -> Tensor:
-    """The ``(r, c)`` logits ``scale · rows · colsᵀ`` of one tile, masked duplicates at −inf.
+    """The ``(r, c)`` logits ``scale · rows · colsᵀ`` of one tile, masked duplicates at −inf,
+    the targets' lowered by ``scale · margin``.
 
     ``rows`` and ``cols`` are the tile's slices, starting at global row ``r0`` and column ``c0``;
     ``ids[i]`` is the id of row i's target (column i), so a column with the same id and another
     index is the row's positive seen again, not a negative.
     """
     logits = (rows @ cols.T).to(dtype).mul_(scale)  # (r, c)
+    if margin:  # the target (global row == global column) only; 0 leaves the logits as they are
+        logits.diagonal(r0 - c0).sub_(scale * margin)
     if ids is not None:
         same = ids[r0 : r0 + rows.shape[0], None] == ids[None, c0 : c0 + cols.shape[0]]  # (r, c)
         same.diagonal(r0 - c0).fill_(False)  # the target itself (global row == global column)
@@ -92,14 +105,16 @@ def _bilinear_grads(
 class TiledCrossEntropy(torch.autograd.Function):
     """Per-row softmax cross-entropy of ``scale · rows · colsᵀ`` with target column i for row i.
 
-    ``apply(rows, cols, scale, ids, tile_size) -> (B,)``: ``rows`` ``(B, D)``, ``cols`` ``(M, D)``
-    with ``M >= B``, ``scale`` a 0-dim tensor, ``ids`` ``(M,)`` candidate ids or None. Row i's
-    loss is ``logsumexp_j(z_ij) − z_ii`` over the unmasked columns, ``z = scale · rows · colsᵀ``.
+    ``apply(rows, cols, scale, ids, tile_size, margin) -> (B,)``: ``rows`` ``(B, D)``, ``cols``
+    ``(M, D)`` with ``M >= B``, ``scale`` a 0-dim tensor, ``ids`` ``(M,)`` candidate ids or None,
+    ``margin`` a float m. Row i's loss is ``logsumexp_j(z_ij) − z_ii`` over the unmasked columns,
+    ``z = scale · (rows · colsᵀ − m·I)``.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, rows: Tensor, cols: Tensor, scale: Tensor, ids: Tensor | None, tile_size: int
+        ctx: Any, rows: Tensor, cols: Tensor, scale: Tensor, ids: Tensor | None, tile_size: int,
+        margin: float = 0.0,
     ) -> Tensor:
         dtype = _accumulator_dtype(rows.dtype)
         batch = rows.shape[0]
@@ -109,7 +124,8 @@ class TiledCrossEntropy(torch.autograd.Function):
             running_max = torch.full((r1 - r0,), float("-inf"), dtype=dtype, device=rows.device)
             running_sum = torch.zeros_like(running_max)  # (r,) Σ exp(z − running_max)
             for c0, c1 in _spans(cols.shape[0], tile_size):
-                logits = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, dtype)
+                logits = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, dtype,
+                                       margin)
                 # z_ii from the very tile the log-sum-exp sees, so a lone target gives 0 exactly.
                 positive[max(r0, c0) : min(r1, c1)] = logits.diagonal(r0 - c0)
                 new_max = torch.maximum(running_max, logits.amax(dim=1))  # (r,)
@@ -121,23 +137,31 @@ class TiledCrossEntropy(torch.autograd.Function):
             # The target is never masked, so every row ends with a finite maximum.
             lse[r0:r1] = running_max + running_sum.log()
         ctx.save_for_backward(rows, cols, scale, ids, lse)
-        ctx.tile_size = tile_size
+        ctx.tile_size, ctx.margin = tile_size, margin
         return (lse - positive).to(rows.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
         rows, cols, scale, ids, lse = ctx.saved_tensors
         grad = grad_loss.to(lse.dtype)
+        margin = ctx.margin
+        target_sum = torch.zeros((), dtype=lse.dtype, device=rows.device)  # Σ_i W_ii
 
         # dLoss/dz_ij = g_i (softmax_ij − δ_ij) =: W_ij
         def weights(r0: int, r1: int, c0: int, c1: int) -> Tensor:
-            tile = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, lse.dtype)
+            tile = _softmax_tile(rows[r0:r1], cols[c0:c1], scale, ids, r0, c0, lse.dtype,
+                                 margin)
             tile.sub_(lse[r0:r1, None]).exp_()  # (r, c) softmax; masked entries are 0
             tile.diagonal(r0 - c0).sub_(1.0)  # minus the one-hot target
-            return tile.mul_(grad[r0:r1, None])
+            tile.mul_(grad[r0:r1, None])
+            if margin:
+                target_sum.add_(tile.diagonal(r0 - c0).sum())
+            return tile
 
         grad_rows, grad_cols, grad_scale = _bilinear_grads(ctx, rows, cols, scale, weights)
-        return grad_rows, grad_cols, grad_scale, None, None
+        if grad_scale is not None and margin:  # z_ii = scale · (s_ii − m): −m · Σ_i W_ii more
+            grad_scale = grad_scale - (margin * target_sum).to(grad_scale.dtype)
+        return grad_rows, grad_cols, grad_scale, None, None, None
 
 
 class TiledSigmoid(torch.autograd.Function):
@@ -194,6 +218,7 @@ def tiled_info_nce(
     key_ids: Tensor | None = None,
     negative_ids: Tensor | None = None,
     tile_size: int = DEFAULT_TILE_SIZE,
+    margin: float = 0.0,
 ) -> Tensor:
     """``info_nce`` computed over ``tile × tile`` blocks of the logits (arXiv:2410.17243).
 
@@ -213,15 +238,19 @@ def tiled_info_nce(
         key_ids: ``(B,)`` ids of the positives; candidates with the same id are masked.
         negative_ids: ``(B, K)`` ids of the hard negatives.
         tile_size: rows and columns per block; larger is faster and holds more memory.
+        margin: additive margin m on the positive's similarity, in both directions
+            (arXiv:2007.01852).
 
     Returns:
         The scalar loss.
 
     Raises:
         ValueError: mismatched shapes, ``key_ids`` with negatives but no ``negative_ids``, a
-            temperature with more than one element, or a tile size below 1.
+            temperature with more than one element, a tile size below 1, or a margin that is
+            negative or not finite.
     """
     check_tile_size(tile_size, "tiled_info_nce")
+    check_margin("tiled_info_nce", margin)
     if query.shape != key.shape or query.dim() != 2:
         raise ValueError(f"tiled_info_nce: query {tuple(query.shape)} and key "
                          f"{tuple(key.shape)} must both be (B, D)")
@@ -237,10 +266,11 @@ def tiled_info_nce(
         if negative_ids is None:
             raise ValueError("tiled_info_nce: key_ids given with negatives needs negative_ids too")
         candidate_ids = torch.cat([key_ids, negative_ids.flatten()])  # (M,)
-    loss = TiledCrossEntropy.apply(query, candidates, scale, candidate_ids, tile_size).mean()
+    loss = TiledCrossEntropy.apply(query, candidates, scale, candidate_ids, tile_size,
+                                   margin).mean()
     if not symmetric:
         return loss
-    reverse = TiledCrossEntropy.apply(key, query, scale, query_ids, tile_size).mean()
+    reverse = TiledCrossEntropy.apply(key, query, scale, query_ids, tile_size, margin).mean()
     return (loss + reverse) / 2
 
 

@@ -10,7 +10,7 @@ its own rows (``shard``); ids, labels and scores stay whole-batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,10 @@ from contralign.training.task import ContrastiveTask
 class ItemKeys:
     """The extras hook that gives each preprocessed role its rows' item ids: ``{"keys":
     {"anchor": (n,), "positive": (n,), "negative.<k>": (n,)}}`` int64 (a locked tower caches
-    its features by them). Views change the items, so a batch with views has no keys."""
+    its features by them). Views change the items, so a batch with views has no keys.
+
+    With a ``teacher`` preprocessor (a model with a teacher), the anchors again for the
+    teacher's tower: ``{"teacher": preprocessed anchors}`` and ``keys["teacher"]``."""
 
     def __call__(self, records: Sequence[Record], preprocess: Preprocess, position: Position,
                  rows: slice | None) -> dict[str, Any]:
@@ -50,7 +53,11 @@ class ItemKeys:
         keys = {"anchor": _ids(anchors), "positive": _ids(positives)}
         for k in range(len(mine[0].negatives) if mine else 0):
             keys[f"negative.{k}"] = _ids([r.negatives[k] for r in mine])
-        return {"keys": keys}
+        extras: dict[str, Any] = {"keys": keys}
+        if isinstance(preprocess, Mapping) and "teacher" in preprocess:
+            keys["teacher"] = keys["anchor"]
+            extras["teacher"] = preprocess["teacher"](anchors)
+        return extras
 
 
 def collator_for(task: ContrastiveTask, config: TrainConfig, *, sharded: bool = True
@@ -59,7 +66,8 @@ def collator_for(task: ContrastiveTask, config: TrainConfig, *, sharded: bool = 
     views, item ids; with ``sharded``, only this process's rows are preprocessed."""
     model = task.model
     preprocess: dict[str, Any] = {}
-    for role in ("anchor", "positive", "negative"):
+    roles = ("anchor", "positive", "negative", *(("teacher",) if model.teacher else ()))
+    for role in roles:
         locked = model.tower_name(role) in model.frozen and not config.views
         # A locked tower preprocesses only what its feature cache lacks (items with keys).
         preprocess[role] = Deferred() if locked else model.side(role).preprocessor

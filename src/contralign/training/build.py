@@ -49,6 +49,9 @@ def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentM
     towers: dict[str, Any] = {name: build_tower(tower) for name, tower in spec.towers.items()
                               if tower.momentum_of is None}
     dims = {name: tower.dim for name, tower in towers.items()}
+    teacher = spec.roles.get("teacher")
+    if teacher is not None:
+        _check_teacher_width(dims, teacher, spec.roles["anchor"])
     if len(set(dims.values())) > 1:
         raise ConfigError(f"model.towers: the towers embed to different widths ({dims}); give "
                           "them a common projection_dim")
@@ -56,6 +59,18 @@ def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentM
         towers[name] = MomentumEncoder(towers[source], spec.towers[name].momentum)
     frozen = [name for name, tower in spec.towers.items() if tower.frozen]
     return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources)
+
+
+def _check_teacher_width(dims: Mapping[str, int], teacher: str, student: str) -> None:
+    """The student learns the teacher's embeddings: it must embed to the teacher's width.
+
+    Raises:
+        ConfigError: the widths differ, naming the key that fixes it.
+    """
+    if dims[student] != dims[teacher]:
+        raise ConfigError(f"model.towers.{student}.projection_dim: the teacher {teacher} embeds "
+                          f"{dims[teacher]}-d and the student {student} {dims[student]}-d; set "
+                          f"projection_dim: {dims[teacher]} on the student")
 
 
 def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> ContrastiveTask:
@@ -107,8 +122,10 @@ def check_modalities(config: TrainConfig, model: AlignmentModel,
         ConfigError: a tower of one modality mapped to a role that holds the other, or views
             on a role that holds images.
     """
+    if model.teacher is not None and "anchor" in modalities:  # it embeds the anchors
+        modalities = {**modalities, "teacher": modalities["anchor"]}
     for role, modality in modalities.items():
-        if role not in ("anchor", "positive", "negative"):
+        if role not in ("anchor", "positive", "negative", "teacher"):
             continue
         tower = model.side(role)
         if getattr(tower, "modality", "text") != modality:

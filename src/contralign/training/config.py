@@ -19,6 +19,9 @@ from contralign.objectives.registry import OBJECTIVES
 # own limit (its position embeddings) is checked when it is loaded (``TextEncoder``).
 MAX_LENGTH_LIMIT = 131_072
 
+# The roles a model maps to its towers (``model.roles``).
+RoleName = Literal["anchor", "positive", "teacher"]
+
 
 class TowerConfig(StrictConfig):
     """One tower. Unset fields keep the model folder's own settings.
@@ -48,10 +51,12 @@ class TowerConfig(StrictConfig):
 
 class ModelConfig(TowerConfig):
     """The towers: one tower's keys (``name``, ``pooling``, ...), or ``towers`` naming several
-    and ``roles`` mapping ``anchor`` and ``positive`` to them (``image``/``text``: LiT, CLIP)."""
+    and ``roles`` mapping ``anchor`` and ``positive`` to them (``image``/``text``: LiT, CLIP),
+    and optionally ``teacher`` to a locked tower that embeds the anchors as targets
+    (distillation: ``{anchor: student, positive: student, teacher: teacher}``)."""
 
     towers: dict[str, TowerConfig] = {}
-    roles: dict[Literal["anchor", "positive"], str] = {}
+    roles: dict[RoleName, str] = {}
 
     @model_validator(mode="after")
     def _check_towers(self) -> ModelConfig:
@@ -69,7 +74,7 @@ class ModelConfig(TowerConfig):
         if one_tower:
             raise ValueError(f"{one_tower[0]}: with model.towers, set it per tower "
                              f"(model.towers.<name>.{one_tower[0]})")
-        if set(self.roles) != {"anchor", "positive"}:
+        if not {"anchor", "positive"} <= set(self.roles):
             raise ValueError("roles: map both anchor and positive to a tower, e.g. "
                              "{anchor: image, positive: text}")
         for role, name in self.roles.items():
@@ -79,6 +84,7 @@ class ModelConfig(TowerConfig):
         for name, tower in self.towers.items():
             _check_name(name)
             _check_copy(name, tower, self.towers)
+        _check_teacher(self.roles, self.towers)
         return self
 
     @property
@@ -95,6 +101,25 @@ def _check_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name) or hasattr(nn.ModuleDict, name):
         raise ValueError(f"towers: {name!r} cannot name a tower (letters, digits, _ and -, "
                          "starting with a letter; not a reserved word such as keys or items)")
+
+
+def _check_teacher(roles: dict[RoleName, str], towers: dict[str, TowerConfig]) -> None:
+    """A teacher is a locked tower of its own, without a head: its embeddings are targets that
+    nothing trains (a head would learn to meet the student halfway)."""
+    name = roles.get("teacher")
+    if name is None:
+        return
+    tower = towers[name]
+    if name in (roles["anchor"], roles["positive"]):
+        raise ValueError(f"roles.teacher: {name!r} also embeds the anchor or the positive; the "
+                         "teacher is a tower of its own (a locked copy for self-distillation)")
+    if tower.momentum_of is not None or not tower.frozen:
+        raise ValueError(f"towers.{name}.frozen: the teacher's tower must be locked "
+                         "(frozen: true, not a momentum copy)")
+    if tower.projection_dim is not None:
+        raise ValueError(f"towers.{name}.projection_dim: a teacher's embeddings are the targets "
+                         "as they are; give the student the teacher's width instead "
+                         f"(towers.{roles['anchor']}.projection_dim)")
 
 
 def _check_copy(name: str, tower: TowerConfig, towers: dict[str, TowerConfig]) -> None:
@@ -241,6 +266,7 @@ class EvalConfig(StrictConfig):
 
     sts: DataConfig | None = None
     retrieval: DataConfig | None = None
+    bitext: DataConfig | None = None  # translation pairs: Tatoeba accuracy both ways (cosine)
     every_steps: int = Field(default=0, ge=0)
     batch_size: int = Field(default=64, gt=0)
 
@@ -284,6 +310,22 @@ class TrainConfig(StrictConfig):
                 and towers[self.model.roles["positive"]].momentum_of is None:
             raise ValueError(f"model.roles.positive: {self.objective.name} takes its keys from a "
                              "momentum copy: map positive to a tower with momentum_of")
+        return self
+
+    @model_validator(mode="after")
+    def _check_teacher(self) -> TrainConfig:
+        reads_targets = "targets" in OBJECTIVES[self.objective.name].requires
+        has_teacher = "teacher" in self.model.roles
+        if reads_targets and not has_teacher:
+            raise ValueError(f"model.roles: objective {self.objective.name} learns from a "
+                             "teacher: add model.towers.teacher: {name: <model>, frozen: true} "
+                             "and model.roles.teacher: teacher")
+        if has_teacher and not reads_targets:
+            raise ValueError(f"model.roles.teacher: objective {self.objective.name} does not "
+                             "read a teacher's embeddings (distill_mse does); remove the role")
+        if has_teacher and self.views:
+            raise ValueError("views: a teacher embeds the anchor as it is in the data; drop "
+                             "views (or the teacher)")
         return self
 
     @model_validator(mode="after")

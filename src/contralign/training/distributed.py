@@ -20,10 +20,10 @@ runs are equal in distribution, not bit for bit):
     anchors that have a positive, DCLW weights by a batch softmax); it costs N times the
     objective's arithmetic, which is small next to the towers. An objective that learns to
     score a subset of rows (a ``rows`` argument, like ``info_nce``) can move to ``"rows"``.
-``"local"`` (``moco``, ``swav``): nothing is gathered; each rank computes the loss of its own
-    rows. MoCo's negatives are its queue (the keys of all ranks are enqueued in rank order, so
-    the queue is the 1-process queue), and SwAV's Sinkhorn already sums over ranks, so its codes
-    are the whole batch's.
+``"local"`` (``moco``, ``swav``, ``distill_mse``): nothing is gathered; each rank computes the
+    loss of its own rows. MoCo's negatives are its queue (the keys of all ranks are enqueued in
+    rank order, so the queue is the 1-process queue), SwAV's Sinkhorn already sums over ranks,
+    so its codes are the whole batch's, and distillation's row terms involve no other row.
 
 The gradients work at the level of embeddings, as the gradient cache does (``training.cached``):
 the objective is differentiated with respect to the (gathered) embeddings, each rank keeps the

@@ -29,9 +29,11 @@ class Role:
     """One preprocessed input of a batch, and the tower that embeds it.
 
     Attributes:
-        name: ``"anchor"``, ``"positive"``, ``"view.<v>"`` or ``"negative.<k>"``.
+        name: ``"anchor"``, ``"positive"``, ``"view.<v>"``, ``"negative.<k>"`` or
+            ``"teacher"`` (the anchors again, for the teacher's tower).
         inputs: the preprocessed items: tensors whose first dimension is the batch (B rows).
-        tower: the model role whose tower embeds it: ``"anchor"`` or ``"positive"``.
+        tower: the model role whose tower embeds it: ``"anchor"``, ``"positive"`` or
+            ``"teacher"``.
         trainable: it gets a gradient; False for a momentum copy's keys (MoCo) and a locked
             tower without a head: embedded without a graph.
         keys: ``(B,)`` int64 item ids (a locked tower's feature cache), or None.
@@ -113,8 +115,9 @@ class ContrastiveTask(nn.Module):
 
     def roles(self, batch: dict[str, Any]) -> list[Role]:
         """What ``batch`` asks to embed, in the order the plain path embeds it (the order in
-        which dropout draws its masks): anchor, positive (or the views), extra views, negatives.
-        """
+        which dropout draws its masks): anchor, positive (or the views), extra views, negatives,
+        and the teacher's copy of the anchors when the model has a teacher (locked, in eval
+        mode: it draws nothing)."""
         named = [("anchor", batch["anchor"], "anchor")]
         if self.views_only:
             inputs = batch.get("views") or [batch["positive"]]
@@ -125,6 +128,8 @@ class ContrastiveTask(nn.Module):
             named += [(f"view.{v}", x, "anchor") for v, x in enumerate(extra, start=2)]
         named += [(f"negative.{k}", x, "positive")
                   for k, x in enumerate(batch.get("negatives") or [])]
+        if self.model.teacher is not None:
+            named.append(("teacher", batch["teacher"], "teacher"))
         keys = batch.get("keys") or {}
         return [Role(name, inputs, tower, self._trainable(tower), keys.get(name))
                 for name, inputs, tower in named]
@@ -168,6 +173,7 @@ class ContrastiveTask(nn.Module):
             embedded.negatives = torch.stack(
                 [embeddings[f"negative.{k}"] for k in range(n_negatives)], dim=1)
         embedded.scores, embedded.labels = batch.get("scores"), batch.get("labels")
+        embedded.targets = embeddings.get("teacher")  # (B, D) the teacher's, of the anchors
         if self.mask_duplicates:
             embedded.query_ids = batch["anchor_ids"]
             embedded.key_ids = batch["positive_ids"]
