@@ -334,3 +334,27 @@ def test_evaluator_embeds_each_side_with_its_tower():
     assert evaluator.primary in result and query.calls == document.calls == 1
     both = LookupEncoder({**query.table, **document.table})
     assert evaluator(both) == result
+
+
+def test_eval_bitext_is_a_dev_set_during_training(tiny_model_dir, pairs_file, tmp_path):
+    from tests.conftest import PAIRS
+
+    import contralign
+    from contralign.training.config import TrainConfig
+    from contralign.training.loop import fit
+
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("src\ttgt\n" + "".join(f"{a}\t{b}\n" for a, b in PAIRS), encoding="utf-8")
+    config = TrainConfig.model_validate({
+        "model": {"name": str(tiny_model_dir), "max_length": 32},
+        "data": {"path": str(pairs_file), "columns": {"anchor": "query", "positive": "doc"}},
+        "train": {"epochs": 1, "batch_size": 4, "seed": 0},
+        "eval": {"bitext": {"path": str(dev)}}, "output_dir": str(tmp_path / "run")})
+    result = fit(config, progress=False)
+    tower = contralign.load_tower(str(result.model_dir))
+    src = tower.encode([a for a, _ in PAIRS], batch_size=32)
+    tgt = tower.encode([b for _, b in PAIRS], batch_size=32)
+    forward, _, backward, _ = naive_matches(src, tgt, "cosine", 1)
+    gold = np.arange(len(PAIRS))
+    assert result.metrics["bitext/forward_accuracy"] == np.mean(np.array(forward) == gold)
+    assert result.metrics["bitext/backward_accuracy"] == np.mean(np.array(backward) == gold)

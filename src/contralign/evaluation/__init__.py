@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from contralign.evaluation.bitext import (
+    BitextEvaluator,
+    bitext_from_records,
+    read_bitext,
+    tatoeba_accuracy,
+    tatoeba_split,
+)
 from contralign.evaluation.cross_modal import (
     CrossModalRetrievalEvaluator,
     cross_modal_from_records,
@@ -20,6 +27,7 @@ from contralign.evaluation.geometry import (
     modality_gap,
     uniformity,
 )
+from contralign.evaluation.mining import MinedPairs, best_threshold, mine_pairs, mining_scores
 from contralign.evaluation.protocol import (
     Encoder,
     Evaluator,
@@ -49,11 +57,13 @@ from contralign.evaluation.zero_shot import (
 
 __all__ = [
     "DEFAULT_TEMPLATES",
+    "BitextEvaluator",
     "CrossModalRetrievalEvaluator",
     "Encoder",
     "Evaluator",
     "GeometryEvaluator",
     "Item",
+    "MinedPairs",
     "ModalityError",
     "PairRecord",
     "RetrievalEvaluator",
@@ -62,19 +72,26 @@ __all__ = [
     "ZeroShotEvaluator",
     "ZeroShotResult",
     "alignment",
+    "best_threshold",
+    "bitext_from_records",
     "class_prompts",
     "cross_modal_from_records",
     "encode_sides",
     "encode_unique",
     "evaluate_all",
     "geometry_from_records",
+    "mine_pairs",
+    "mining_scores",
     "modality_gap",
+    "read_bitext",
     "read_pairs",
     "ranking_metrics",
     "relevant_ranks",
     "retrieval_from_records",
     "sts_correlations",
     "sts_from_records",
+    "tatoeba_accuracy",
+    "tatoeba_split",
     "uniformity",
     "zero_shot_classifier",
     "zero_shot_from_records",

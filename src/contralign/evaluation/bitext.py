@@ -333,8 +333,10 @@ def bitext_columns(path: str | Path, columns: dict[str, str] | None = None) -> d
     return {"anchor": header[0], "positive": header[1]}
 
 
-def read_bitext(config: DataConfig, key: str = "--bitext") -> list[Record]:
-    """The translation pairs of a file (``bitext_columns`` when ``config`` maps no columns).
+def read_bitext(config: DataConfig, key: str = "--bitext", rejects_dir: Path | None = None
+                ) -> list[Record]:
+    """The translation pairs of a file (``bitext_columns`` when ``config`` maps no columns);
+    ``key`` is where ``config`` sits in the user's config (``eval.bitext``), for messages.
 
     Raises:
         DataError: as ``bitext_columns`` and ``evaluation.read_pairs``.
@@ -342,7 +344,8 @@ def read_bitext(config: DataConfig, key: str = "--bitext") -> list[Record]:
     from contralign.evaluation.protocol import read_pairs
 
     columns = bitext_columns(config.path, config.columns)
-    return read_pairs(config.model_copy(update={"columns": columns}), key=key)
+    return read_pairs(config.model_copy(update={"columns": columns}), rejects_dir=rejects_dir,
+                      key=key)
 
 
 def tatoeba_split(rows: Sequence[T], test_rows: int = TATOEBA_TEST_ROWS

@@ -9,8 +9,10 @@ from typing import Any
 from contralign.encoders.model import AlignmentModel
 from contralign.evaluation import (
     Sides,
+    bitext_from_records,
     evaluate_all,
     geometry_from_records,
+    read_bitext,
     read_pairs,
     retrieval_from_records,
     sts_from_records,
@@ -20,7 +22,8 @@ from contralign.training.config import EvalConfig
 
 @dataclass
 class DevSets:
-    """The evaluators built from ``eval.sts`` and ``eval.retrieval`` (records read once)."""
+    """The evaluators built from ``eval.sts``, ``eval.retrieval`` and ``eval.bitext`` (records
+    read once)."""
 
     evaluators: list[Any] = field(default_factory=list)
 
@@ -35,6 +38,9 @@ class DevSets:
             records = read_pairs(config.retrieval, rejects_dir=rejects_dir, key="eval.retrieval")
             evaluators += [retrieval_from_records(records, batch_size=config.batch_size),
                            geometry_from_records(records, batch_size=config.batch_size)]
+        if config.bitext is not None:
+            records = read_bitext(config.bitext, key="eval.bitext", rejects_dir=rejects_dir)
+            evaluators.append(bitext_from_records(records, batch_size=config.batch_size))
         return cls(evaluators)
 
     def __bool__(self) -> bool:

@@ -177,7 +177,8 @@ def open_run(config: TrainConfig, *, resume: bool, overwrite: bool, writer: bool
 def run_inputs(config: TrainConfig) -> list[str]:
     """The files and folders a run reads: data, dev sets, and a local model folder."""
     paths = [config.data.path]
-    paths += [dev.path for dev in (config.eval.sts, config.eval.retrieval) if dev is not None]
+    paths += [dev.path for dev in (config.eval.sts, config.eval.retrieval, config.eval.bitext)
+              if dev is not None]
     if Path(config.model.name).expanduser().exists():
         paths.append(config.model.name)
     return paths
