@@ -393,6 +393,51 @@ def test_distillation_model_saves_and_loads_with_its_teacher(tiny_model_dir, tea
     assert np.allclose(student.encode(texts), model.side("positive").encode(texts), atol=1e-6)
 
 
+# === the token embedding matrix locked ========================================================
+
+
+def test_freeze_embeddings_locks_only_the_token_embedding_matrix(tiny_model_dir, bitext_file,
+                                                                tmp_path):
+    """``freeze_embeddings``: the token embedding matrix has no gradient, no optimiser state and
+    stays bit for bit through AdamW steps (weight decay included); every other weight trains."""
+    from contralign.training.build import build_model, build_task
+    from contralign.training.optim import build_optimizer
+
+    config = TrainConfig.model_validate({
+        "model": {"name": str(tiny_model_dir), "max_length": 16, "freeze_embeddings": True},
+        "data": {"path": str(bitext_file), "columns": {"anchor": "eng", "positive": "deu"}},
+        "objective": {"name": "info_nce", "symmetric": True, "margin": 0.3},
+        "optim": {"lr": 1e-3}, "train": {"batch_size": 4}, "output_dir": str(tmp_path / "run")})
+    model = build_model(config)
+    task = build_task(config, model)
+    tower = model.towers["tower"]
+    matrix = tower.model.get_input_embeddings().weight
+    before = {name: p.detach().clone() for name, p in tower.named_parameters()}
+    optimizer = build_optimizer(task, config.optim)
+    assert id(matrix) not in {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for batch in _batches(task, config, epochs=1):
+        task(batch)["loss"].backward()
+        assert matrix.grad is None
+        optimizer.step()
+        optimizer.zero_grad()
+    moved = {name for name, p in tower.named_parameters() if not torch.equal(p, before[name])}
+    assert torch.equal(matrix, before["model.embeddings.word_embeddings.weight"])
+    assert "model.embeddings.position_embeddings.weight" in moved
+    assert "model.encoder.layer.0.attention.self.query.weight" in moved
+
+
+def test_freeze_embeddings_needs_a_transformer_text_tower(tmp_path):
+    from contralign.encoders.static import StaticEncoder, glove_tokenizer
+    from contralign.training.build import build_tower
+    from contralign.training.config import TowerConfig
+
+    words = ["[UNK]", "[PAD]", "cat", "dog"]
+    StaticEncoder(glove_tokenizer({w: i for i, w in enumerate(words)}),
+                  torch.randn(4, 3)).save(tmp_path / "static")
+    with pytest.raises(ConfigError, match="freeze_embeddings: .* static tower"):
+        build_tower(TowerConfig(name=str(tmp_path / "static"), freeze_embeddings=True))
+
+
 # === both recipes on real bitext rows ========================================================
 
 

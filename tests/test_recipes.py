@@ -188,6 +188,9 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
             if key == "frozen":
                 assert (name in model.frozen) == value, f"model.towers.{name}.frozen"
                 assert all(not p.requires_grad for p in backbone_parameters(tower)) == value
+            elif key == "freeze_embeddings":
+                embeddings = tower.model.get_input_embeddings().weight
+                assert embeddings.requires_grad != value, f"model.{key}"
             elif key != "name":
                 assert getattr(tower.config, key) == value, f"model.{key}"
 

@@ -25,9 +25,16 @@ def build_tower(config: TowerConfig) -> Tower:
 
     Raises:
         ModelNotFoundError: nothing loadable under that name.
-        ConfigError: a setting the tower does not have (``pooling`` on a static tower).
+        ConfigError: a setting the tower does not have (``pooling`` on a static tower), or
+            ``freeze_embeddings`` on a tower that is not a transformer text tower.
     """
-    return load_tower(config.name, config.tower, **config.overrides())
+    tower = load_tower(config.name, config.tower, **config.overrides())
+    if config.freeze_embeddings:
+        if not isinstance(tower, TextEncoder):
+            raise ConfigError(f"freeze_embeddings: {config.name} is a {tower.kind} tower; only a "
+                              "transformer text tower has a token embedding matrix to freeze")
+        tower.model.get_input_embeddings().weight.requires_grad_(False)
+    return tower
 
 
 def build_encoder(config: TrainConfig) -> Tower:

@@ -27,7 +27,8 @@ class TowerConfig(StrictConfig):
     """One tower. Unset fields keep the model folder's own settings.
 
     ``frozen`` locks the backbone (LiT): no gradient, no optimiser state, eval mode, features
-    cached per item; its projection head (``projection_dim``), if any, trains. ``momentum_of``
+    cached per item; its projection head (``projection_dim``), if any, trains.
+    ``freeze_embeddings`` locks only a text tower's token embedding matrix. ``momentum_of``
     makes the tower a momentum copy of another tower (MoCo keys), moved by ``momentum`` after
     each step; a copy takes no other key.
     """
@@ -40,6 +41,9 @@ class TowerConfig(StrictConfig):
     projection_dim: int | None = Field(default=None, gt=0)
     image_size: int | None = Field(default=None, gt=0, le=4096)  # image towers: input pixels
     frozen: bool = False
+    # A text tower's token embedding matrix gets no gradient and no optimiser state (the rest
+    # trains): 96M of multilingual-e5-small's 118M weights, and every language's tokens.
+    freeze_embeddings: bool = False
     momentum_of: str | None = None
     momentum: float = Field(default=0.999, ge=0, le=1)
 
