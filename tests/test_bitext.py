@@ -85,10 +85,13 @@ def test_ties_are_broken_like_the_reference(scoring, k, seed):
 
 
 @pytest.mark.parametrize("scoring", ["margin", "distance"])
-def test_blocks_of_any_size_give_the_same_matches(scoring):
+def test_blocks_of_any_size_give_the_same_matches(scoring, monkeypatch):
+    import contralign.evaluation.bitext as bitext
+
     src, tgt = noisy_translations(seed=3, n=41, m=29)
     whole = best_matches(src, tgt, scoring=scoring, backend="exact")
     for elements in (1, 7, 100):
+        monkeypatch.setattr(bitext, "PAIR_BLOCK_ROWS", elements)
         blocked = best_matches(src, tgt, scoring=scoring, backend="exact",
                                max_block_elements=elements)
         for a, b in zip(whole, blocked, strict=True):

@@ -57,6 +57,7 @@ SCORINGS: tuple[str, ...] = get_args(Scoring)
 DEFAULT_K = 4  # the neighbourhood of the margin, as in the paper and LASER
 # Score-block entries the index holds per query block: (rows, corpus chunk) float32, ~64 MiB.
 MAX_BLOCK_ELEMENTS = 1 << 24
+PAIR_BLOCK_ROWS = 8192  # rows whose (rows, D) float64 products pair_cosines holds at once
 TATOEBA_TEST_ROWS = 400  # the held-out rows: the last 400 of each file
 
 T = TypeVar("T")
@@ -133,8 +134,10 @@ def pair_cosines(x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> np.ndarray:
         ``(N, K)`` float64.
     """
     out = np.empty(ids.shape, dtype=np.float64)
-    for column in range(ids.shape[1]):
-        out[:, column] = (x * y[ids[:, column]]).sum(axis=1)  # (N,)
+    for start in range(0, len(x), PAIR_BLOCK_ROWS):  # bounds the (rows, D) products
+        rows = slice(start, start + PAIR_BLOCK_ROWS)
+        for column in range(ids.shape[1]):
+            out[rows, column] = (x[rows] * y[ids[rows, column]]).sum(axis=1)  # (rows,)
     return out
 
 
