@@ -373,6 +373,22 @@ def test_check_passes_on_a_distillation_config(tiny_model_dir, teacher_dir, bite
     assert report["ok"] and report["cached"]["ok"] and report["distributed"]["ok"]
 
 
+def test_check_passes_on_a_margin_config(tiny_model_dir, bitext_file, tmp_path):
+    """``contralign check`` on the bitext objective (symmetric, margin 0.3, learned
+    temperature): the gradient cache and the tiled loss train as the plain path."""
+    config = {"model": {"name": str(tiny_model_dir), "max_length": 16},
+              "data": {"path": str(bitext_file), "columns": {"anchor": "eng", "positive": "deu"}},
+              "objective": {"name": "info_nce", "symmetric": True, "margin": 0.3,
+                            "learnable_temperature": True},
+              "optim": {"lr": 1e-3}, "train": {"batch_size": 6}, "output_dir": str(tmp_path)}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["check", str(path), "--paths", "cached,tiled", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["cached"]["ok"] and report["tiled"]["ok"]
+
+
 def test_distillation_model_saves_and_loads_with_its_teacher(tiny_model_dir, teacher_dir,
                                                              bitext_file, tmp_path):
     """The trained model folder holds the student and the teacher; loaded whole, its sides for
@@ -456,25 +472,32 @@ def _accuracy(encoder: Any, pairs: list[tuple[str, str]]) -> float:
 
 
 @pytest.mark.parametrize("recipe", ["bitext", "distill-multilingual"])
-def test_recipe_trains_on_real_bitext(recipe, shared_data, tiny_model_dir, teacher_dir,
-                                      tmp_path):
-    """A tiny random student (32 wide, 2 layers) on 48 real German–English pairs, 8 epochs:
-    the recipe's objective (margin InfoNCE, or MSE to a locked teacher) raises its
-    German → English top-1 on the pairs it trained on, and lowers its loss."""
+def test_recipe_trains_on_real_bitext(recipe, shared_data, tiny_model_dir, tmp_path):
+    """Each recipe on 48 real German–English pairs raises German → English top-1 on them and
+    lowers its loss. bitext: a tiny random student (32 wide, 2 layers; its token embeddings
+    trained too), 8 epochs. Distillation:
+    the default tower (all-MiniLM-L6-v2, English) as the student and a locked copy of it as the
+    teacher, 3 epochs: German sentences are pulled onto the teacher's English embeddings."""
     from contralign.encoders.loading import load_tower
+    from contralign.encoders.resolve import DEFAULT_MODEL
 
     pairs = _real_pairs(shared_data, "deu", 48)
     data = tmp_path / "train.tsv"
     with data.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t")
         writer.writerows([("eng", "xx"), *pairs])
-    student = ["model.name", "model.max_length"] if recipe == "bitext" else \
-        ["model.towers.student.name", "model.towers.student.max_length"]
-    overrides = [f"{student[0]}={tiny_model_dir}", f"{student[1]}=24", "train.epochs=8",
-                 "train.batch_size=16", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"]
-    if recipe == "distill-multilingual":
-        overrides += [f"model.towers.teacher.name={teacher_dir}"]
-    before = _accuracy(load_tower(str(tiny_model_dir), max_length=24), pairs)
+    if recipe == "bitext":
+        student = str(tiny_model_dir)
+        # its random token embeddings must train too
+        overrides = [f"model.name={student}", "model.max_length=24", "train.epochs=8",
+                     "optim.lr=1e-3", "model.freeze_embeddings=false"]
+    else:
+        student = DEFAULT_MODEL
+        overrides = [f"model.towers.{name}.{key}={value}" for name in ("student", "teacher")
+                     for key, value in (("name", student), ("max_length", 24))]
+        overrides += ["train.epochs=3", "optim.lr=1e-4"]
+    overrides += ["train.batch_size=16", "train.log_every=1", f"output_dir={tmp_path / 'run'}"]
+    before = _accuracy(load_tower(student, max_length=24), pairs)
     result = runner.invoke(app, ["train", recipe, "--data", str(data), "--json",
                                  *[arg for o in overrides for arg in ("--set", o)]])
     assert result.exit_code == 0, result.output
@@ -484,5 +507,5 @@ def test_recipe_trains_on_real_bitext(recipe, shared_data, tiny_model_dir, teach
     losses = [json.loads(line)["loss"] for line in
               (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
-    assert after > before + 0.1, (before, after)
+    assert after > before + 0.05, (before, after)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
