@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from contralign.cli import catalog, check, common, demo, encode, evaluate, mine, search, train
+from contralign.cli import (
+    align,
+    catalog,
+    check,
+    common,
+    demo,
+    encode,
+    evaluate,
+    mine,
+    search,
+    train,
+)
 
 app = typer.Typer(
     cls=common.OneLineUsageErrors,
@@ -32,6 +43,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)
 app.command("mine")(mine.mine_command)
+app.command("align-words")(align.align_words_command)
 app.command("objectives")(catalog.objectives_command)
 app.command("recipes")(catalog.recipes_command)
 
