@@ -8,6 +8,7 @@ from typing import Any, Literal
 import typer
 from rich.table import Table
 
+from contralign.cli.align import GOLD_HELP, word_alignment_evaluators
 from contralign.cli.bitext import BITEXT_HELP, SCORING_HELP, bitext_evaluators, bitext_table
 from contralign.cli.common import command, console, parse_columns, print_json
 
@@ -35,20 +36,30 @@ def eval_command(
     bitext: list[str] = typer.Option([], "--bitext", help=BITEXT_HELP),
     scoring: Literal["cosine", "margin", "distance"] = typer.Option(
         "cosine", "--scoring", help=SCORING_HELP),
+    word_alignment: Path | None = typer.Option(
+        None, "--word-alignment", help="Sentence pairs to align ('source ||| target' lines), "
+        "scored against --gold: precision, recall, F1, AER."),
+    gold: Path | None = typer.Option(None, "--gold", help=GOLD_HELP),
+    align_method: str | None = typer.Option(
+        None, "--align-method", help="argmax, itermax, match or softmax (default: argmax)."),
+    layer: int | None = typer.Option(None, "--layer", min=0, help="Word alignment: the hidden "
+                                     "state to align with (default: the aligner's)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate MODEL, each side by its tower: STS (Spearman, Pearson ×100), retrieval
     (Recall@k, MRR@10, nDCG@10, MAP; image<->text when the pairs hold images), the geometry of
     the pairs (alignment, uniformity, modality gap), and zero-shot classification (top-1,
-    top-5, mean per class; the confusion matrix with --json)."""
+    top-5, mean per class; the confusion matrix with --json), and word alignment (precision,
+    recall, F1, AER against gold links)."""
     from contralign.core.errors import ContralignError
     from contralign.encoders.loading import load_model, role_modalities
     from contralign.evaluation import Sides, ZeroShotEvaluator, evaluate_all
 
-    if sts is None and retrieval is None and zero_shot is None and not bitext:
-        raise ContralignError("eval: give --sts FILE, --retrieval FILE, --zero-shot FILE and/or "
-                              "--bitext FILE")
+    if (sts is None and retrieval is None and zero_shot is None and not bitext
+            and word_alignment is None):
+        raise ContralignError("eval: give --sts FILE, --retrieval FILE, --zero-shot FILE, "
+                              "--bitext FILE and/or --word-alignment FILE --gold FILE")
     modalities = role_modalities(model)  # the files are read before the model is loaded
     if zero_shot is not None and "image" not in modalities.values():
         raise ContralignError(f"--zero-shot: {model} has no image tower (it embeds "
@@ -62,6 +73,7 @@ def eval_command(
         evaluators.append(_zero_shot(zero_shot, classes, template, batch_size))
     bitexts = bitext_evaluators(bitext, scoring, modalities, batch_size) if bitext else []
     evaluators += bitexts
+    evaluators += word_alignment_evaluators(word_alignment, gold, align_method, layer, batch_size)
     loaded = load_model(model)
     metrics = evaluate_all(Sides(loaded.side("anchor"), loaded.side("positive")), evaluators)
     if as_json:
