@@ -199,3 +199,11 @@ def test_mine_help_lists_its_options():
     output = ok(runner.invoke(app, ["mine", "--help"]))
     for option in ("--threshold", "--mode", "--gold", "--overwrite", "--json"):
         assert option in output
+
+
+def test_mine_refuses_an_image_model(tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_text("ein Satz\n", encoding="utf-8")
+    line = one_line_error(runner.invoke(app, ["mine", "efficientnet-lite0", str(src), str(src),
+                                              "-o", str(tmp_path / "p.tsv")]))
+    assert "embeds images; mining needs a text model" in line

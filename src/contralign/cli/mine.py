@@ -55,7 +55,8 @@ def mine_command(
     """Mine translation pairs from two unpaired lists of sentences with margin scoring over
     MODEL's embeddings (BUCC protocol); candidates come from the index layer (FAISS when
     installed). Line numbers count every line of the file, blank ones included."""
-    from contralign.encoders.loading import load_tower
+    from contralign.core.errors import ContralignError
+    from contralign.encoders.loading import load_tower, tower_modality
     from contralign.evaluation.mining import best_threshold, mine_pairs, mining_scores, read_gold
 
     _check_output(output, [model, source, target, *([gold] if gold else [])], overwrite)
@@ -64,6 +65,8 @@ def mine_command(
     gold_pairs = read_gold(gold, set(src_lines), set(tgt_lines)) if gold else None
     if threshold is None and scoring == "margin":
         threshold = DEFAULT_MARGIN_THRESHOLD
+    if (modality := tower_modality(model)) != "text":
+        raise ContralignError(f"mine: {model} embeds {modality}s; mining needs a text model")
     tower = load_tower(model)
     show = len(src_texts) + len(tgt_texts) > 512
     src = tower.encode(src_texts, batch_size=batch_size, show_progress=show)
