@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 
-from contralign.cli.common import command, console, print_json
+from contralign.cli.common import command, console, err_console, print_json
 
 METHOD_HELP = ("Extraction: argmax (SimAlign: forward ∩ backward argmax), itermax (SimAlign's "
                "iterative argmax), match (Hungarian matching), softmax (awesome-align: both "
@@ -18,6 +20,8 @@ LAYER_HELP = ("Hidden state to align with (0: embeddings); default: layer 7 of a
 LEVEL_HELP = ("subword: align subwords, words are aligned when any of their subwords are "
               "(SimAlign's default); word: align words, each the mean of its subwords. "
               "Default: subword.")
+# Above this many sentence pairs, align-words shows a progress bar (on stderr).
+PROGRESS_THRESHOLD = 1000
 CENTER_HELP = ("Subtract the pair's mean vector before comparing (removes what every token "
                "shares; default: on).")
 GOLD_HELP = ("Gold links, one line per pair: 1-indexed i-j (sure) and ipj (possible), as in the "
@@ -58,7 +62,8 @@ def align_words_command(
     corpus, gold_links = read_task(source, target, gold)
     tower = load_tower(model)
     setting = choose_setting(tower, method, layer, level, center, method_key="--method")
-    links = align_corpus(tower, corpus, setting, batch_size=batch_size)
+    with _progress(len(corpus), show=len(corpus) > PROGRESS_THRESHOLD and not as_json) as advance:
+        links = align_corpus(tower, corpus, setting, batch_size=batch_size, progress=advance)
     write_links(output, links)
     summary: dict[str, Any] = {
         "model": model, "method": setting.method, "layer": setting.layer,
@@ -176,3 +181,16 @@ def _table(title: str, metrics: dict[str, float]) -> Any:
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4f}")
     return table
+
+
+@contextmanager
+def _progress(total: int, *, show: bool) -> Iterator[Callable[[int], None] | None]:
+    """A callback that moves a progress bar to ``done`` pairs (None when not shown)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("Aligning", total=total)
+        yield lambda done: bar.update(task, completed=done)
