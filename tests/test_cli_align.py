@@ -138,9 +138,20 @@ def test_a_failed_run_leaves_an_earlier_output_as_it_was(tiny_model_dir, files):
     out.write_text("earlier\n")
     _write(files["gold"], b"9-9\n1-1\n1-1\n")
     result = runner.invoke(app, ["align-words", str(tiny_model_dir), str(files["bitext"]),
-                                 "-o", str(out), "--gold", str(files["gold"])])
+                                 "-o", str(out), "--gold", str(files["gold"]), "--overwrite"])
     assert "out of range" in one_line_error(result)
     assert out.read_text() == "earlier\n"
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tiny_model_dir, files):
+    out = files["dir"] / "notes.txt"
+    out.write_text("the user's notes\n")
+    args = ["align-words", str(tiny_model_dir), str(files["bitext"]), "-o", str(out)]
+    assert "notes.txt already exists; pass --overwrite" in one_line_error(runner.invoke(app, args))
+    assert out.read_text() == "the user's notes\n"
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() != "the user's notes\n"
 
 
 @pytest.mark.parametrize(("extra", "expected"), [

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from contralign.cli.app import app
 
 runner = CliRunner()
-COMMANDS = ("demo", "train", "check", "encode", "eval", "index", "search", "objectives", "recipes")
+COMMANDS = ("demo", "train", "check", "encode", "eval", "index", "search", "mine", "align-words",
+            "objectives", "recipes")
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -138,6 +138,21 @@ def test_encode_writes_exactly_the_path_named(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.npy", "out.npy"]
 
 
+def test_encode_replaces_an_existing_file_only_with_overwrite(trained, tmp_path):
+    """A plain .npy carries no mark of ours: it may be the user's, so it is replaced only when
+    asked."""
+    model, data = str(trained["static"]), str(trained["data"])
+    users = tmp_path / "vectors.npy"
+    users.write_bytes(b"the user's array")
+    line = one_line_error(runner.invoke(app, ["encode", model, data, "--column", "query", "-o",
+                                              str(users)]))
+    assert "vectors.npy already exists; pass --overwrite" in line
+    assert users.read_bytes() == b"the user's array"
+    ok(runner.invoke(app, ["encode", model, data, "--column", "query", "-o", str(users),
+                           "--overwrite"]))
+    assert np.load(users).ndim == 2
+
+
 def test_a_setting_the_tower_lacks_is_a_config_error(tiny_model_dir):
     from contralign.core.errors import ConfigError
 

@@ -38,7 +38,8 @@ def align_words_command(
     target: Path | None = typer.Argument(None, help="The target sentences, line-parallel with "
                                          "SOURCE."),
     output: Path = typer.Option(..., "--output", "-o", help="The Pharaoh file to write (.txt, "
-                                "0-indexed i-j per pair; replaced if it exists)."),
+                                "0-indexed i-j per pair)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
     method: Literal["argmax", "itermax", "match", "softmax"] | None = typer.Option(
         None, "--method", help=METHOD_HELP),
     layer: int | None = typer.Option(None, "--layer", min=0, help=LAYER_HELP),
@@ -58,7 +59,7 @@ def align_words_command(
     from contralign.encoders.loading import load_tower
 
     inputs: list[Any] = [model, source] + [p for p in (target, gold) if p is not None]
-    check_output_file(output, "--output", inputs=inputs, suffix=".txt")
+    check_output_file(output, "--output", inputs=inputs, suffix=".txt", overwrite=overwrite)
     corpus, gold_links = read_task(source, target, gold)
     tower = load_tower(model)
     setting = choose_setting(tower, method, layer, level, center, method_key="--method")

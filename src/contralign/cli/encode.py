@@ -17,8 +17,8 @@ def encode_command(
                                 "static vectors, image network or hub id."),
     input_file: Path = typer.Argument(..., help="Texts (.txt, .jsonl, .csv, .tsv, .parquet) or "
                                       "images (.npz arrays; image paths or bytes in a column)."),
-    output: Path = typer.Option(..., "--output", "-o",
-                                help="The .npy file to write (replaced if it exists)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The .npy file to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if it exists."),
     column: str | None = typer.Option(None, "--column", help="Column holding the items."),
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -31,7 +31,8 @@ def encode_command(
     from contralign.core.outputs import check_output_file
     from contralign.encoders.loading import load_tower, tower_modality
 
-    check_output_file(output, "--output", inputs=[input_file, model], suffix=".npy")
+    check_output_file(output, "--output", inputs=[input_file, model], suffix=".npy",
+                      overwrite=overwrite)
     items = [r.anchor for r in read_items(input_file, column, tower_modality(model, tower))]
     encoder = load_tower(model, tower=tower)
     embeddings = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)

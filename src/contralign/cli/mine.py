@@ -56,10 +56,12 @@ def mine_command(
     MODEL's embeddings (BUCC protocol); candidates come from the index layer (FAISS when
     installed). Line numbers count every line of the file, blank ones included."""
     from contralign.core.errors import ContralignError
+    from contralign.core.outputs import check_output_file
     from contralign.encoders.loading import load_tower, tower_modality
     from contralign.evaluation.mining import best_threshold, mine_pairs, mining_scores, read_gold
 
-    _check_output(output, [model, source, target, *([gold] if gold else [])], overwrite)
+    check_output_file(output, "--output", inputs=[model, source, target, *([gold] if gold else [])],
+                      suffix=".tsv", overwrite=overwrite)
     src_lines, src_texts = _sentences(source, column)
     tgt_lines, tgt_texts = _sentences(target, column)
     gold_pairs = read_gold(gold, set(src_lines), set(tgt_lines)) if gold else None
@@ -86,17 +88,6 @@ def mine_command(
         summary["best_threshold"] = {"threshold": best.threshold, "precision": best.precision,
                                      "recall": best.recall, "f1": best.f1}
     _report(summary, as_json)
-
-
-def _check_output(output: Path, inputs: list[Any], overwrite: bool) -> None:
-    """Refuse an output that is an input, not a .tsv, a folder, or (without --overwrite) a
-    file that is already there."""
-    from contralign.core.outputs import OutputError, check_output_file
-
-    check_output_file(output, "--output", inputs=inputs, suffix=".tsv")
-    if (output.exists() or output.is_symlink()) and not overwrite:
-        raise OutputError(f"--output: {output} already exists; pass --overwrite to replace it, "
-                          "or choose another path")
 
 
 def _sentences(path: Path, column: str | None) -> tuple[list[int], list[str]]:

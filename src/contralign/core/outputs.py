@@ -131,11 +131,15 @@ def check_output_folder(path: Path, kind: OutputKind, key: str, *, inputs: Itera
 
 
 def check_output_file(path: Path, key: str, *, inputs: Iterable[str | Path],
-                      suffix: str) -> None:
-    """Checks before a command writes the file ``path`` (replacing a file of that name).
+                      suffix: str, overwrite: bool) -> None:
+    """Checks before a command writes the file ``path``.
+
+    A plain file carries no manifest, so nothing tells ours from the user's: an existing one is
+    replaced only when the user says so (``--overwrite``).
 
     Raises:
-        OutputError: ``path`` lacks ``suffix``, is a folder, or is an input of the command.
+        OutputError: ``path`` lacks ``suffix``, is a folder, is an input of the command, or
+            exists and ``overwrite`` is false.
     """
     if path.suffix.lower() != suffix:
         raise OutputError(f"{key}: {path}: the output must be a {suffix} file (name it "
@@ -146,6 +150,9 @@ def check_output_file(path: Path, key: str, *, inputs: Iterable[str | Path],
     for item in inputs:
         if Path(item).expanduser().resolve() == target:
             raise OutputError(f"{key}: {path} is an input of this command; choose another path")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(f"{key}: {path} already exists; pass --overwrite to replace it, or "
+                          "choose another path")
 
 
 def make_parent(path: Path, key: str) -> None:
