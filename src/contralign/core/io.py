@@ -68,8 +68,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | Path, kind: OutputKind) -> Iterator[Path]:
+def atomic_directory(path: str | Path, kind: OutputKind, key: str = "output") -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+
+    ``key`` names the folder in error messages (``output``, or the setting it came from).
 
     The body must write ``kind``'s manifest into the folder. ``path`` itself may be absent, an
     empty folder, or a ``kind`` folder contralign wrote; anything else is refused before the
@@ -80,12 +82,12 @@ def atomic_directory(path: str | Path, kind: OutputKind) -> Iterator[Path]:
         Whatever the body raises; the temporary folder is removed and ``path`` is untouched.
     """
     path = Path(path)
-    check_replaceable(path, kind, "output", replace=True)
-    make_parent(path, "output")
+    check_replaceable(path, kind, key, replace=True)
+    make_parent(path, key)
     try:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as err:
-        raise OutputError(f"output: {path}: cannot write here ({err.strerror})") from None
+        raise OutputError(f"{key}: {path}: cannot write here ({err.strerror})") from None
     try:
         follow_umask(tmp, folder=True)
         yield tmp

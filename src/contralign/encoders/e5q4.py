@@ -314,7 +314,8 @@ def convert(source: str | Path, folder: str | Path) -> None:
     encoder = TextEncoder(_bert_model(q4), e5_tokenizer(q4, positions), config)
     origin = {"package": _PACKAGE, "version": package_version(), "file": q4.path.name,
               "bytes": _size(q4.path), "sha256": file_sha256(q4.path), "conversion": CONVERSION}
-    with atomic_directory(folder, MODEL) as tmp:
+    # The cache is contralign's, but its place is the user's choice: name the setting.
+    with atomic_directory(folder, MODEL, "cache (CONTRALIGN_CACHE)") as tmp:
         encoder.write_folder(tmp, {"source": origin, "name": "multilingual-e5-small"})
         (tmp / "README.md").write_text(_readme(origin), encoding="utf-8")
 
