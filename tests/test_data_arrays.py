@@ -17,7 +17,8 @@ import pytest
 
 from contralign.core.errors import DataError
 from contralign.core.items import ImageItem
-from contralign.data import DataConfig, load_records, read_header, read_rows, readers
+from contralign.data import DataConfig, load_records, read_header, read_rows
+from contralign.data import lines as data_lines
 
 
 def npz(path: Path, compressed: bool = False, **arrays: Any) -> Path:
@@ -287,6 +288,6 @@ def test_paths_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         def refuse(p: Path) -> Any:
             raise PermissionError(13, "Permission denied", str(p))
 
-        monkeypatch.setattr(readers, "_open_binary", refuse)
+        monkeypatch.setattr(data_lines, "open_binary", refuse)
         expected = "cannot read the file: Permission denied"
     assert error_of(path) == f"{path}: {expected}"

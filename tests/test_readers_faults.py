@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from contralign.core.errors import DataError
-from contralign.data import DataConfig, RecordSet, load_records, read_header, read_rows, readers
+from contralign.data import DataConfig, RecordSet, load_records, read_header, read_rows
+from contralign.data import lines as data_lines
 
 LATIN1_CAFE = "café".encode("latin-1")  # b"caf\xe9": the é is byte 0xe9, not UTF-8
 
@@ -286,7 +287,7 @@ def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name
     def refuse(p: Path) -> Any:
         raise PermissionError(13, "Permission denied", str(p))
 
-    monkeypatch.setattr(readers, "_open_binary", refuse)
+    monkeypatch.setattr(data_lines, "open_binary", refuse)
     expected = f"{path}: cannot read the file: Permission denied"
     assert error_of(path) == expected
     assert error_of(path, on_bad_record="skip", rejects=str(tmp_path / "r.jsonl")) == expected
@@ -302,7 +303,7 @@ def test_read_error_midway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
                 raise OSError(5, "Input/output error")
             return super().readline(size)
 
-    monkeypatch.setattr(readers, "_open_binary", lambda p: FailingDisk(p.read_bytes()))
+    monkeypatch.setattr(data_lines, "open_binary", lambda p: FailingDisk(p.read_bytes()))
     assert error_of(path) == f"{path}: cannot read the file: Input/output error"
 
 

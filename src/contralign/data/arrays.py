@@ -31,7 +31,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from contralign.core.errors import DataError
-from contralign.data.readers import _open_binary_checked, check_readable, first_line, printable
+from contralign.data.lines import check_readable, open_binary_checked
+from contralign.data.readers import first_line, printable
 
 NPY_SUFFIX = ".npy"
 # What zipfile and numpy raise for bytes that are not a readable archive (a damaged central
@@ -198,7 +199,7 @@ def read_npz_layout(path: Path) -> NpzLayout:
         DataError: the file cannot be read, or is not a readable ``.npz`` file of plain arrays.
     """
     check_readable(path)
-    with _open_binary_checked(path) as f:
+    with open_binary_checked(path) as f:
         return read_layout(path, f)
 
 
@@ -208,7 +209,7 @@ def read_npz_arrays(path: Path, layout: NpzLayout, names: Sequence[str]) -> dict
     Raises:
         DataError: the file cannot be read, or its array data is damaged.
     """
-    with _open_binary_checked(path) as f:
+    with open_binary_checked(path) as f:
         return read_arrays(path, f, layout, names)
 
 

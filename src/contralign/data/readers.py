@@ -17,8 +17,8 @@ is where the row sits in the file, as the user sees it:
   arrays whose first dimension is the row count; a 1-D row value is a Python scalar, a row of an
   image array a read-only ``(H, W, 3)`` (or ``(H, W)``) view.
 
-Bytes are decoded one physical line at a time (a byte-order mark before the first is dropped), so
-a byte that is not UTF-8 is reported at its own line, never at a line the decoder read ahead to.
+Bytes become numbered physical lines in ``data.lines`` (decoded one line at a time, so a byte that
+is not UTF-8 is reported at its own line).
 
 A record that cannot be read (bytes that are not UTF-8, malformed JSON, a CSV quote that is never
 closed, a CSV row with the wrong number of fields) raises
@@ -31,18 +31,22 @@ bad header, a damaged parquet file) always raises.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
-import re
-import stat
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal
 
 from contralign.core.errors import DataError
+from contralign.data.lines import (
+    Line,
+    check_readable,
+    joined,
+    numbered_lines,
+    open_binary_checked,
+)
 
 FileFormat = Literal["jsonl", "csv", "tsv", "parquet", "txt", "npz"]
 Row = dict[str, Any]
@@ -65,7 +69,6 @@ FIELD_SIZE_LIMIT = 2**31 - 1
 PARQUET_BATCH_ROWS = 4096
 _BAD_PARQUET_NAME = "not a readable parquet file: a name in its metadata is not valid UTF-8"
 # surrogateescape (PEP 383) keeps an undecodable byte 0xNN as the lone surrogate U+DCNN.
-_UNDECODED = re.compile("[\udc80-\udcff]")
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> FileFormat:
@@ -111,14 +114,14 @@ def read_header(path: str | Path, fmt: str = "auto") -> list[str] | None:
         case "txt":
             return [TEXT_COLUMN]
         case "parquet":
-            with _open_binary_checked(path) as f:
+            with open_binary_checked(path) as f:
                 return _parquet_names(path, _parquet_file(path, f))
         case "npz":
             from contralign.data.arrays import read_npz_layout
 
             return list(read_npz_layout(path).columns)
         case "csv" | "tsv" as delimited:
-            with closing(_Feed(_lines(path, split_cr=True))) as feed:
+            with closing(_Feed(numbered_lines(path, split_cr=True))) as feed:
                 return _delimited_header(path, feed, _DELIMITERS[delimited])
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -171,111 +174,14 @@ def _check_header(path: Path, header: list[str], line: int | None) -> None:
         seen.add(name)
 
 
-# --- bytes -> numbered lines ---------------------------------------------------------------------
-
-
-def check_readable(path: Path) -> None:
-    """Raise the one-line error for a data path that is not an existing regular file.
-
-    Raises:
-        DataError: ``file not found``, a folder, a device or pipe, or a ``stat`` the OS refuses.
-    """
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(path, None, None, "file not found") from None
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-    if stat.S_ISDIR(mode):
-        raise DataError(path, None, None, "is a folder, not a file")
-    if not stat.S_ISREG(mode):
-        raise DataError(path, None, None, "not a regular file")
-
-
-def _unreadable(path: Path, exc: OSError) -> DataError:
-    return DataError(path, None, None, f"cannot read the file: {exc.strerror or exc}")
-
-
-def _open_binary(path: Path) -> BinaryIO:
-    """The one place a data file is opened (tests replace it to simulate an OS refusal)."""
-    return path.open("rb")
-
-
-def _open_binary_checked(path: Path) -> BinaryIO:
-    try:
-        return _open_binary(path)
-    except OSError as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _raw_lines(path: Path) -> Iterator[bytes]:
-    with _open_binary_checked(path) as f:
-        while True:
-            try:
-                raw = f.readline()
-            except OSError as exc:
-                raise _unreadable(path, exc) from None
-            if not raw:
-                return
-            yield raw
-
-
-class _Line(NamedTuple):
-    """A physical line: its number, its text with terminator (an undecodable byte kept as a lone
-    surrogate) and, for bytes that are not UTF-8, what is wrong with them."""
-
-    number: int
-    text: str
-    problem: str | None = None
-
-    def error(self, path: Path) -> DataError:
-        """What is wrong with this line's bytes, at this line."""
-        assert self.problem is not None, "only a line with undecodable bytes has an error"
-        return DataError(path, self.number, None, self.problem)
-
-    def shown(self) -> str:
-        """The text for a rejects file, an undecodable byte written as ``\\xNN``."""
-        if self.problem is None:
-            return self.text
-        return self.text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _decode(number: int, raw: bytes) -> _Line:
-    try:
-        return _Line(number, raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", "surrogateescape")
-    bad = _UNDECODED.search(text)
-    assert bad is not None, "strict decoding failed, so surrogateescape escaped a byte"
-    byte = ord(bad.group()) - 0xDC00
-    problem = f"not valid UTF-8: byte 0x{byte:02x} at column {bad.start() + 1} (save as UTF-8)"
-    return _Line(number, text, problem)
-
-
-def _lines(path: Path, *, split_cr: bool) -> Generator[_Line, None, None]:
-    """Each physical line, decoded on its own; ``split_cr`` also ends a line at a lone ``\\r``."""
-    number = 0
-    for raw in _raw_lines(path):
-        if number == 0 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8) :]
-        # bytes.splitlines splits at \n, \r\n and \r only; \r\n never straddles two raw lines.
-        for piece in raw.splitlines(keepends=True) if split_cr and b"\r" in raw else (raw,):
-            number += 1
-            yield _decode(number, piece)
-
-
-def _joined(lines: Iterable[_Line]) -> str:
-    return "".join(line.shown() for line in lines).rstrip("\r\n")
-
-
 # --- JSONL and plain text ------------------------------------------------------------------------
 
 
 def _read_jsonl(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
-    for line in _lines(path, split_cr=False):
+    for line in numbered_lines(path, split_cr=False):
         text = line.text.rstrip("\r\n")
         if line.problem is not None:
-            _fail(line.error(path), _joined([line]), on_error)
+            _fail(line.error(path), joined([line]), on_error)
             continue
         if not text.strip():
             continue
@@ -296,9 +202,9 @@ def _read_jsonl(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row
 
 
 def _read_txt(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
-    for line in _lines(path, split_cr=False):
+    for line in numbered_lines(path, split_cr=False):
         if line.problem is not None:
-            _fail(line.error(path), _joined([line]), on_error)
+            _fail(line.error(path), joined([line]), on_error)
         elif line.text.strip():
             yield line.number, {TEXT_COLUMN: line.text.rstrip("\r\n")}
 
@@ -330,11 +236,11 @@ class _Feed:
     """Lines for ``csv.reader`` that remember which physical lines the current record took, so
     that a problem is reported at its own line and reading can start again after a bad quote."""
 
-    def __init__(self, lines: Generator[_Line, None, None]) -> None:
+    def __init__(self, lines: Generator[Line, None, None]) -> None:
         self._lines = lines
-        self._replay: deque[_Line] = deque()
-        self.taken: list[_Line] = []
-        self.undecodable: _Line | None = None  # the first taken line with a byte that is not UTF-8
+        self._replay: deque[Line] = deque()
+        self.taken: list[Line] = []
+        self.undecodable: Line | None = None  # the first taken line with a byte that is not UTF-8
         if csv.field_size_limit() < FIELD_SIZE_LIMIT:  # process-wide; only ever raised
             csv.field_size_limit(FIELD_SIZE_LIMIT)
 
@@ -348,12 +254,12 @@ class _Feed:
             self.undecodable = line
         return line.text
 
-    def take(self) -> list[_Line]:
+    def take(self) -> list[Line]:
         """The lines read since the last call: those of the record just read."""
         taken, self.taken, self.undecodable = self.taken, [], None
         return taken
 
-    def replay(self, lines: list[_Line]) -> None:
+    def replay(self, lines: list[Line]) -> None:
         self._replay.extendleft(reversed(lines))
 
     def close(self) -> None:
@@ -379,7 +285,7 @@ def _delimited_header(path: Path, feed: _Feed, delimiter: str) -> list[str]:
 def _read_delimited(
     path: Path, delimiter: str, on_error: OnError | None
 ) -> Iterator[tuple[int, Row]]:
-    with closing(_Feed(_lines(path, split_cr=True))) as feed:
+    with closing(_Feed(numbered_lines(path, split_cr=True))) as feed:
         header = _delimited_header(path, feed, delimiter)
         # The same reader goes on after a csv.Error: each row starts from a clean state.
         reader = csv.reader(feed, delimiter=delimiter, strict=True)
@@ -390,7 +296,7 @@ def _read_delimited(
                 lines = feed.take()
                 line, message, keep_from = _quote_problem(lines, delimiter, str(exc))
                 feed.replay(lines[keep_from:])  # the lines the broken quote swallowed
-                _fail(DataError(path, line, None, message), _joined(lines[:keep_from]), on_error)
+                _fail(DataError(path, line, None, message), joined(lines[:keep_from]), on_error)
                 continue
             if fields is None:
                 return
@@ -398,15 +304,15 @@ def _read_delimited(
             if not fields:  # a blank line
                 continue
             if undecodable is not None:
-                _fail(undecodable.error(path), _joined(lines), on_error)
+                _fail(undecodable.error(path), joined(lines), on_error)
             elif len(fields) != len(header):
                 message = f"expected {len(header)} fields, got {len(fields)}"
-                _fail(DataError(path, lines[0].number, None, message), _joined(lines), on_error)
+                _fail(DataError(path, lines[0].number, None, message), joined(lines), on_error)
             else:
                 yield lines[0].number, dict(zip(header, fields, strict=True))
 
 
-def _quote_problem(lines: list[_Line], delimiter: str, reason: str) -> tuple[int, str, int]:
+def _quote_problem(lines: list[Line], delimiter: str, reason: str) -> tuple[int, str, int]:
     """Where a record's quoting goes wrong: ``(line, message, index of the first line to read
     again)``.
 
@@ -479,7 +385,7 @@ def _parquet_names(path: Path, parquet: Any) -> list[str]:
 def _read_parquet(path: Path, on_error: OnError | None) -> Iterator[tuple[int, Row]]:
     import pyarrow as pa
 
-    with _open_binary_checked(path) as f:
+    with open_binary_checked(path) as f:
         parquet = _parquet_file(path, f)
         _parquet_names(path, parquet)
         batches, row = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS), 0
