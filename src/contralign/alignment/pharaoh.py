@@ -17,7 +17,6 @@ Every mistake is a ``DataError`` naming the file and line.
 
 from __future__ import annotations
 
-import codecs
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Literal
 
 from contralign.core.errors import DataError
 from contralign.core.io import atomic_file
-from contralign.data.readers import check_readable
+from contralign.data.lines import check_readable, numbered_lines
 
 # (source word, target word), 0-indexed.
 Link = tuple[int, int]
@@ -93,24 +92,14 @@ def read_lines(path: str | Path) -> list[str]:
     """
     path = Path(path)
     check_readable(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(path, None, None, f"cannot read the file: {err.strerror}") from None
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    if not data.strip():
-        raise DataError(path, None, None, "empty file: no sentences")
     lines = []
     # Only \n ends a line (\r\n too): a lone \r inside a sentence is not a sentence boundary.
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            lines.append(raw.decode("utf-8").removesuffix("\r"))
-        except UnicodeDecodeError as err:
-            raise DataError(path, number, None, f"not valid UTF-8: byte 0x{raw[err.start]:02x} "
-                            f"at column {err.start + 1} (save as UTF-8)") from None
-    if lines[-1] == "":  # the file's final newline ends the last line; it starts no new one
-        lines.pop()
+    for line in numbered_lines(path, split_cr=False):
+        if line.problem is not None:
+            raise line.error(path)
+        lines.append(line.text.removesuffix("\n").removesuffix("\r"))
+    if not any(text.strip() for text in lines):
+        raise DataError(path, None, None, "empty file: no sentences")
     return lines
 
 

@@ -229,16 +229,15 @@ def read_gold(path: str | Path, src_lines: Collection[int], tgt_lines: Collectio
         DataError: the file is unreadable or not UTF-8, a line is not two positive integers, a
             line number holds no sentence, or there is no pair (naming the file and line).
     """
-    from contralign.data.readers import check_readable
+    from contralign.data.lines import check_readable, numbered_lines
 
     path = Path(path)
     check_readable(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(path, None, None, f"not UTF-8 text ({err.reason})") from None
     pairs: dict[Pair, None] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
+    for numbered in numbered_lines(path, split_cr=False):
+        if numbered.problem is not None:
+            raise numbered.error(path)
+        number, line = numbered.number, numbered.text
         if not line.strip():
             continue
         fields = line.split()
