@@ -1,0 +1,1 @@
+"""Serving: the HTTP API (FastAPI), dynamic batching and the search page (``contralign serve``)."""
