@@ -376,7 +376,7 @@ def test_geometry_evaluator_uses_the_union_of_distinct_texts() -> None:
     assert got["alignment"] == pytest.approx(naive_alignment(pairs_x, pairs_y, 2.0), rel=1e-6)
     # The gap counts each pair's row: "a" twice among the anchors.
     assert got["modality_gap"] == pytest.approx(naive_modality_gap(pairs_x, pairs_y), rel=1e-6)
-    assert set(got) == {"alignment", "uniformity", "modality_gap"}
+    assert set(got) == {"alignment", "uniformity", "modality_gap", "effective_rank", "hubness"}
 
 
 # --- evaluate_all and records -------------------------------------------------------------

@@ -16,14 +16,22 @@ from contralign.evaluation.bitext import (
     tatoeba_accuracy,
     tatoeba_split,
 )
+from contralign.evaluation.bootstrap import (
+    Resamplable,
+    Resampling,
+    bootstrap_intervals,
+    evaluate_with_intervals,
+)
 from contralign.evaluation.cross_modal import (
     CrossModalRetrievalEvaluator,
     cross_modal_from_records,
 )
+from contralign.evaluation.diagnostics import effective_rank, hubness, k_occurrence
 from contralign.evaluation.geometry import (
     GeometryEvaluator,
     alignment,
     geometry_from_records,
+    geometry_from_sts,
     modality_gap,
     uniformity,
 )
@@ -66,6 +74,8 @@ __all__ = [
     "MinedPairs",
     "ModalityError",
     "PairRecord",
+    "Resamplable",
+    "Resampling",
     "RetrievalEvaluator",
     "STSEvaluator",
     "Sides",
@@ -74,12 +84,18 @@ __all__ = [
     "alignment",
     "best_threshold",
     "bitext_from_records",
+    "bootstrap_intervals",
     "class_prompts",
     "cross_modal_from_records",
     "encode_sides",
+    "effective_rank",
     "encode_unique",
     "evaluate_all",
+    "evaluate_with_intervals",
     "geometry_from_records",
+    "geometry_from_sts",
+    "hubness",
+    "k_occurrence",
     "mine_pairs",
     "mining_scores",
     "modality_gap",
