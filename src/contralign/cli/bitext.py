@@ -77,8 +77,10 @@ def bitext_evaluators(specs: Sequence[str], scoring: Scoring, modalities: Mappin
     return evaluators
 
 
-def bitext_table(evaluators: Sequence[Any], metrics: Mapping[str, float]) -> Table:
-    """Accuracy per file in both directions and their mean, with the average over files."""
+def bitext_table(evaluators: Sequence[Any], metrics: Mapping[str, float],
+                 intervals: Mapping[str, tuple[float, float]] | None = None) -> Table:
+    """Accuracy per file in both directions and their mean, with the average over files; with
+    ``intervals`` (``eval --ci``), each file's mean accuracy carries its interval."""
     table = Table(title=f"Bitext accuracy ({evaluators[0].scoring} scoring)")
     for column in ("file", "pairs", "source→target", "target→source", "mean"):
         table.add_column(column, justify="left" if column == "file" else "right")
@@ -88,9 +90,10 @@ def bitext_table(evaluators: Sequence[Any], metrics: Mapping[str, float]) -> Tab
                   for key in ("forward_accuracy", "backward_accuracy", "accuracy")]
         rows.append(values)
         forward, backward = evaluator.directions
+        bounds = (intervals or {}).get(f"{evaluator.name}/accuracy")
+        mean = f"{values[2]:.4f}" + (f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "")
         table.add_row(evaluator.name.removeprefix(NAME_PREFIX), str(len(evaluator.sources)),
-                      f"{values[0]:.4f} ({forward})", f"{values[1]:.4f} ({backward})",
-                      f"{values[2]:.4f}")
+                      f"{values[0]:.4f} ({forward})", f"{values[1]:.4f} ({backward})", mean)
     if len(rows) > 1:
         means = [sum(row[c] for row in rows) / len(rows) for c in range(3)]
         table.add_section()

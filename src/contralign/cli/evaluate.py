@@ -45,17 +45,32 @@ def eval_command(
     layer: int | None = typer.Option(None, "--layer", min=0, help="Word alignment: the hidden "
                                      "state to align with (default: the aligner's)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
+    ci: float | None = typer.Option(
+        None, "--ci", help="Add bootstrap confidence intervals at this level (e.g. 0.95): "
+        "percentile intervals, fixed seed, resampling STS and geometry pairs, retrieval queries, "
+        "bitext pairs and zero-shot images."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1,
+                                  help="Bootstrap resamples for --ci."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate MODEL, each side by its tower: STS (Spearman, Pearson ×100), retrieval
     (Recall@k, MRR@10, nDCG@10, MAP; image<->text when the pairs hold images), the geometry of
     the pairs (alignment, uniformity, modality gap), and zero-shot classification (top-1,
     top-5, mean per class; the confusion matrix with --json), and word alignment (precision,
-    recall, F1, AER against gold links)."""
+    recall, F1, AER against gold links). With --ci, each metric gets a bootstrap interval
+    (word alignment's excepted)."""
     from contralign.core.errors import ContralignError
     from contralign.encoders.loading import load_model, role_modalities
-    from contralign.evaluation import Sides, ZeroShotEvaluator, evaluate_all
+    from contralign.evaluation import (
+        Sides,
+        ZeroShotEvaluator,
+        evaluate_all,
+        evaluate_with_intervals,
+    )
 
+    if ci is not None and not 0.0 < ci < 1.0:
+        raise ContralignError(f"--ci: the confidence level must be between 0 and 1 "
+                              f"(exclusive), e.g. 0.95; got {ci}")
     if (sts is None and retrieval is None and zero_shot is None and not bitext
             and word_alignment is None):
         raise ContralignError("eval: give --sts FILE, --retrieval FILE, --zero-shot FILE, "
@@ -75,22 +90,36 @@ def eval_command(
     evaluators += bitexts
     evaluators += word_alignment_evaluators(word_alignment, gold, align_method, layer, batch_size)
     loaded = load_model(model)
-    metrics = evaluate_all(Sides(loaded.side("anchor"), loaded.side("positive")), evaluators)
+    sides = Sides(loaded.side("anchor"), loaded.side("positive"))
+    intervals: dict[str, tuple[float, float]] = {}
+    if ci is None:
+        metrics = evaluate_all(sides, evaluators)
+    else:
+        metrics, intervals = evaluate_with_intervals(sides, evaluators, ci, resamples=bootstrap)
     if as_json:
         details = {e.name: e.details for e in evaluators if isinstance(e, ZeroShotEvaluator)}
-        print_json({"model": model, "metrics": metrics, **({"details": details}
-                                                             if details else {})})
+        bounds = {"ci": {k: list(v) for k, v in intervals.items()}, "confidence": ci,
+                  "bootstrap": bootstrap} if ci is not None else {}
+        print_json({"model": model, "metrics": metrics, **bounds,
+                    **({"details": details} if details else {})})
         return
     if bitexts:
-        console.print(bitext_table(bitexts, metrics))
+        console.print(bitext_table(bitexts, metrics, intervals))
         metrics = {n: v for n, v in metrics.items() if not n.startswith("bitext/")}
     table = Table(title=f"Evaluation of {model}")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("value" if ci is None else f"value [{ci:.0%} CI]", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(name, with_interval(value, intervals.get(name)))
     if metrics:
         console.print(table)
+
+
+def with_interval(value: float, interval: tuple[float, float] | None) -> str:
+    """``0.8123`` or, with an interval, ``0.8123 [0.7990, 0.8251]``."""
+    if interval is None:
+        return f"{value:.4f}"
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def _sts(path: Path, batch_size: int) -> Any:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 import numpy as np
 
 from contralign.core.errors import DataError
+from contralign.evaluation.bootstrap import Resampling, mean_resampling
 from contralign.evaluation.protocol import (
     Encoder,
     Item,
@@ -298,6 +299,22 @@ class BitextEvaluator:
     def score(self, src: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
         """The accuracies from embeddings already computed, ``(N, D)`` each, in pair order."""
         return tatoeba_accuracy(src, tgt, scoring=self.scoring, k=self.k, backend=self.backend)
+
+    def resampling(self, sides: Encoder | Sides) -> tuple[dict[str, float], list[Resampling]]:
+        """The accuracies and their bootstrap over pairs (``evaluation.bootstrap``): each
+        sentence's best match is found once among all the other side's sentences; a resample
+        averages the resampled pairs' hits (the candidates stay the whole set)."""
+        embeddings, src_rows, tgt_rows = encode_sides(Sides.of(sides), self.sources,
+                                                      self.targets, self.batch_size)
+        forward, backward = best_matches(embeddings[src_rows], embeddings[tgt_rows],
+                                         scoring=self.scoring, k=self.k, backend=self.backend)
+        gold = np.arange(len(self.sources))
+        hits = {"forward_accuracy": (forward.ids == gold).astype(np.float64),
+                "backward_accuracy": (backward.ids == gold).astype(np.float64)}
+        metrics = {key: float(np.mean(values)) for key, values in hits.items()}
+        metrics["accuracy"] = (metrics["forward_accuracy"] + metrics["backward_accuracy"]) / 2
+        hits["accuracy"] = (hits["forward_accuracy"] + hits["backward_accuracy"]) / 2
+        return metrics, [mean_resampling(hits)]
 
 
 def bitext_from_records(records: Sequence[PairRecord], name: str = "bitext",

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from contralign.core.items import ImageItem
+from contralign.evaluation.bootstrap import Resampling, mean_resampling
 from contralign.evaluation.protocol import (
     Encoder,
     Item,
@@ -91,11 +94,7 @@ class CrossModalRetrievalEvaluator:
         Raises:
             ModalityError: the model has no image tower or no text tower.
         """
-        sides = Sides.of(sides)
-        image_tower, text_tower = sides.image, sides.text
-        images, image_rows = encode_unique(image_tower, self.images, self.batch_size)
-        captions, caption_rows = encode_unique(text_tower, self.captions, self.batch_size)
-        images, captions = images[image_rows], captions[caption_rows]  # (I, D), (T, D)
+        images, captions = self._embed(sides)
         metrics = {}
         for direction, scores in (
             ("image_to_text", self.image_to_text.score(images, captions)),
@@ -103,6 +102,29 @@ class CrossModalRetrievalEvaluator:
         ):
             metrics.update({f"{direction}/{key}": value for key, value in scores.items()})
         return metrics
+
+    def resampling(self, sides: Encoder | Sides) -> tuple[dict[str, float], list[Resampling]]:
+        """The metrics and their bootstrap (``evaluation.bootstrap``): each direction resamples
+        its own queries (images for image -> text, captions for text -> image)."""
+        images, captions = self._embed(sides)
+        metrics: dict[str, float] = {}
+        groups = []
+        for direction, per_query in (
+            ("image_to_text", self.image_to_text.query_scores(images, captions)),
+            ("text_to_image", self.text_to_image.query_scores(captions, images)),
+        ):
+            named = {f"{direction}/{key}": values for key, values in per_query.items()}
+            metrics.update({key: float(np.mean(values)) for key, values in named.items()})
+            groups.append(mean_resampling(named))
+        return metrics, groups
+
+    def _embed(self, sides: Encoder | Sides) -> tuple[np.ndarray, np.ndarray]:
+        """``(I, D)`` distinct images and ``(T, D)`` distinct captions, each embedded once."""
+        sides = Sides.of(sides)
+        image_tower, text_tower = sides.image, sides.text
+        images, image_rows = encode_unique(image_tower, self.images, self.batch_size)
+        captions, caption_rows = encode_unique(text_tower, self.captions, self.batch_size)
+        return images[image_rows], captions[caption_rows]
 
 
 def cross_modal_from_records(

@@ -25,6 +25,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from contralign.core.items import item_key
+from contralign.evaluation.bootstrap import Resampling, mean_resampling
 from contralign.evaluation.protocol import (
     Encoder,
     Item,
@@ -96,22 +97,33 @@ def ranking_metrics(
     Returns:
         The metrics defined in this module's docstring, averaged over queries.
     """
-    totals = dict.fromkeys(
-        [f"recall@{k}" for k in ks] + [f"accuracy@{k}" for k in ks]
-        + [f"mrr@{cutoff}", f"ndcg@{cutoff}", "map"], 0.0,
-    )
-    for r in ranks:
+    return {key: float(np.mean(values))
+            for key, values in query_metrics(ranks, ks, cutoff).items()}
+
+
+def query_metrics(
+    ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10), cutoff: int = 10
+) -> dict[str, np.ndarray]:
+    """Each query's metrics (``ranking_metrics`` before the average over queries).
+
+    Returns:
+        metric -> ``(Q,)`` float64 values, in the order of ``ranks``.
+    """
+    names = ([f"recall@{k}" for k in ks] + [f"accuracy@{k}" for k in ks]
+             + [f"mrr@{cutoff}", f"ndcg@{cutoff}", "map"])
+    values = {name: np.zeros(len(ranks)) for name in names}
+    for q, r in enumerate(ranks):
         n = len(r)
         for k in ks:
-            totals[f"recall@{k}"] += float(np.count_nonzero(r < k)) / n
-            totals[f"accuracy@{k}"] += float(r[0] < k)
-        totals[f"mrr@{cutoff}"] += 1.0 / (r[0] + 1) if r[0] < cutoff else 0.0
+            values[f"recall@{k}"][q] = float(np.count_nonzero(r < k)) / n
+            values[f"accuracy@{k}"][q] = float(r[0] < k)
+        values[f"mrr@{cutoff}"][q] = 1.0 / (r[0] + 1) if r[0] < cutoff else 0.0
         dcg = np.sum(1.0 / np.log2(r[r < cutoff] + 2.0))
         idcg = np.sum(1.0 / np.log2(np.arange(min(n, cutoff)) + 2.0))
-        totals[f"ndcg@{cutoff}"] += float(dcg / idcg)
+        values[f"ndcg@{cutoff}"][q] = float(dcg / idcg)
         # The j-th relevant document (0-based) at rank r_j has precision (j + 1) / (r_j + 1).
-        totals["map"] += float(np.mean((np.arange(n) + 1.0) / (r + 1.0)))
-    return {key: value / len(ranks) for key, value in totals.items()}
+        values["map"][q] = float(np.mean((np.arange(n) + 1.0) / (r + 1.0)))
+    return values
 
 
 class RetrievalEvaluator:
@@ -204,6 +216,28 @@ class RetrievalEvaluator:
         doc_embeddings, doc_index = encode_unique(sides.document, self.corpus, self.batch_size)
         return self.score(query_embeddings[query_index], doc_embeddings[doc_index])
 
+    def resampling(self, sides: Encoder | Sides) -> tuple[dict[str, float], list[Resampling]]:
+        """The metrics and their bootstrap over queries (``evaluation.bootstrap``): every
+        query's ranks are computed once against the whole corpus; a resample averages the
+        resampled queries' metrics."""
+        sides = Sides.of(sides)
+        query_embeddings, query_index = encode_unique(sides.query, self.queries, self.batch_size)
+        doc_embeddings, doc_index = encode_unique(sides.document, self.corpus, self.batch_size)
+        per_query = self.query_scores(query_embeddings[query_index], doc_embeddings[doc_index])
+        return ({key: float(np.mean(values)) for key, values in per_query.items()},
+                [mean_resampling(per_query)])
+
+    def query_scores(self, queries: np.ndarray, corpus: np.ndarray) -> dict[str, np.ndarray]:
+        """Each query's metrics (``query_metrics``) from embeddings already computed, as
+        ``score`` takes them.
+
+        Raises:
+            ValueError: as ``score``.
+        """
+        self._check_embeddings(queries, corpus)
+        return query_metrics(relevant_ranks(queries, corpus, self.relevant), ks=self.ks,
+                             cutoff=10)
+
     def score(self, queries: np.ndarray, corpus: np.ndarray) -> dict[str, float]:
         """The metrics from embeddings already computed: ``queries (Q, D)`` in the order of
         ``self.queries``, ``corpus (N, D)`` in the order of ``self.corpus``.
@@ -211,12 +245,15 @@ class RetrievalEvaluator:
         Raises:
             ValueError: the row counts differ from the queries and corpus, or the widths differ.
         """
+        self._check_embeddings(queries, corpus)
+        return ranking_metrics(relevant_ranks(queries, corpus, self.relevant), ks=self.ks,
+                               cutoff=10)
+
+    def _check_embeddings(self, queries: np.ndarray, corpus: np.ndarray) -> None:
         if len(queries) != len(self.queries) or len(corpus) != len(self.corpus):
             raise ValueError(f"expected {len(self.queries)} query and {len(self.corpus)} corpus "
                              f"embeddings, got {len(queries)} and {len(corpus)}")
         check_same_space(queries, corpus)
-        return ranking_metrics(relevant_ranks(queries, corpus, self.relevant), ks=self.ks,
-                               cutoff=10)
 
 
 def retrieval_from_records(

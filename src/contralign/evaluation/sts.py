@@ -6,11 +6,13 @@ arXiv:2104.08821): Spearman and Pearson correlation x 100.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 
+from contralign.evaluation.bootstrap import Resampling
 from contralign.evaluation.protocol import (
     Encoder,
     Item,
@@ -40,8 +42,11 @@ def sts_correlations(x: np.ndarray, y: np.ndarray, scores: Sequence[float]) -> d
     Returns:
         ``{"spearman": ..., "pearson": ...}``.
     """
-    similarity = cosine_pairs(x, y)
-    gold = np.asarray(scores, dtype=np.float64)
+    return correlations(cosine_pairs(x, y), np.asarray(scores, dtype=np.float64))
+
+
+def correlations(similarity: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Spearman and Pearson correlation (x 100) of ``similarity (N,)`` with ``gold (N,)``."""
     spearman = stats.spearmanr(similarity, gold).statistic
     pearson = stats.pearsonr(similarity, gold).statistic
     return {"spearman": 100.0 * float(spearman), "pearson": 100.0 * float(pearson)}
@@ -96,6 +101,22 @@ class STSEvaluator:
             Sides.of(sides), self.sentences1, self.sentences2, self.batch_size
         )
         return sts_correlations(embeddings[first], embeddings[second], self.scores)
+
+    def resampling(self, sides: Encoder | Sides) -> tuple[dict[str, float], list[Resampling]]:
+        """The metrics and their bootstrap over pairs (``evaluation.bootstrap``): the cosine of
+        every pair is computed once; a resample recomputes only the correlations."""
+        embeddings, first, second = encode_sides(
+            Sides.of(sides), self.sentences1, self.sentences2, self.batch_size
+        )
+        similarity = cosine_pairs(embeddings[first], embeddings[second])  # (N,)
+        gold = np.asarray(self.scores, dtype=np.float64)  # (N,)
+
+        def score(indices: np.ndarray) -> dict[str, float]:
+            with warnings.catch_warnings():  # a resample of equal scores: NaN, left out
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)
+                return correlations(similarity[indices], gold[indices])
+
+        return correlations(similarity, gold), [Resampling(len(gold), score)]
 
 
 def sts_from_records(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from contralign.evaluation.bootstrap import Resampling
 from contralign.evaluation.protocol import Encoder, Item, Sides, encode_unique
 from contralign.index.exact import l2_normalize
 
@@ -220,6 +221,26 @@ class ZeroShotEvaluator:
         """Classify (keeping the result in ``self.result``) and return the metrics."""
         self.result = self.classify(sides)
         return self.result.metrics()
+
+    def resampling(self, sides: Encoder | Sides) -> tuple[dict[str, float], list[Resampling]]:
+        """The metrics and their bootstrap over images (``evaluation.bootstrap``): every image
+        is scored once against the classes; a resample recomputes the accuracies of the
+        resampled images (``mean_per_class`` over the classes present in the resample)."""
+        self.result = self.classify(sides)
+        ranks, labels = self.result.true_ranks, self.result.labels  # (N,), (N,)
+        classes, top5 = len(self.class_names), len(self.class_names) >= 5
+
+        def score(indices: np.ndarray) -> dict[str, float]:
+            correct = (ranks[indices] < 1).astype(np.float64)
+            out = {"top1": float(correct.mean())}
+            if top5:
+                out["top5"] = float(np.mean(ranks[indices] < 5))
+            support = np.bincount(labels[indices], minlength=classes)
+            hits = np.bincount(labels[indices], weights=correct, minlength=classes)
+            out["mean_per_class"] = float(np.mean(hits[support > 0] / support[support > 0]))
+            return out
+
+        return self.result.metrics(), [Resampling(len(ranks), score)]
 
     @property
     def details(self) -> dict[str, Any]:
