@@ -152,9 +152,10 @@ def has_plane(run: Run) -> bool:
 
 
 def alignment_uniformity(runs: Sequence[Run]) -> Figure:
-    """The alignment-uniformity plane of Wang & Isola 2020 (arXiv:2005.10242, their Figures 2
-    and 5): x = l_uniform, y = l_align, both lower-better, so the lower left is better. Each
-    run's evaluations are joined in order by arrows; the first evaluation (the untrained model,
+    """The alignment-uniformity plane of Wang & Isola 2020 (arXiv:2005.10242), a run's
+    trajectory drawn as SimCSE's Figure 2 (arXiv:2104.08821) draws one: x = l_uniform,
+    y = l_align, both lower-better, so the lower left is better. Each run's evaluations are
+    joined in order by arrows; the first evaluation (the untrained model,
     at step 0) is a hollow circle, the last a filled star."""
     fig, axes = _figure(1, 1)
     ax = axes[0, 0]
@@ -169,7 +170,8 @@ def alignment_uniformity(runs: Sequence[Run]) -> Figure:
         for j in range(len(points) - 1):
             ax.annotate("", xy=(x[j + 1], y[j + 1]), xytext=(x[j], y[j]),
                         arrowprops={"arrowstyle": "->", "color": colour(i), "lw": 1.2})
-        ax.plot(x, y, ls="none", marker="o", ms=3, color=colour(i), label=run.name)
+        ax.plot(x, y, ls="none", marker="o", ms=3, color=colour(i),
+                label=run.name if len(runs) > 1 else "evaluations")
         first = "untrained (step 0)" if steps[0] == 0 else f"first (step {steps[0]})"
         ax.plot([x[0]], [y[0]], ls="none", marker="o", ms=9, mfc="white", mec=colour(i),
                 mew=1.5, label=first if len(runs) == 1 else None)
@@ -191,7 +193,7 @@ def alignment_uniformity(runs: Sequence[Run]) -> Figure:
 def similarity_histograms(runs: Sequence[Run]) -> Figure:
     """Cosine similarity of positive pairs against every other (anchor, positive) pair of the
     dev sample, before (the oldest snapshot: the untrained model) and after (the newest)
-    training, as in SimCSE's Figure 2 and Wang & Isola's Figure 4. Densities, so that n
+    training: the two distributions behind alignment and uniformity. Densities, so that n
     positives and n(n-1) negatives share an axis."""
     fig, axes = _figure(1, 2)
     bins = np.linspace(-1, 1, 81)
