@@ -491,3 +491,36 @@ def test_loopback_addresses() -> None:
 
     assert all(_is_loopback(h) for h in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"))
     assert not any(_is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+
+
+def test_a_model_of_two_towers_queries_through_the_other_tower(tmp_path: Path) -> None:
+    """An index embedded by one tower of a model of several is searched with queries embedded by
+    the other tower, as ``contralign search`` does; ``/info`` lists both towers."""
+    from contralign import load_tower
+    from contralign.encoders.model import AlignmentModel
+    from contralign.index import load_index, save_index
+    from contralign.serving.app import create_app
+
+    query_tower = load_tower("wordllama-256")
+    doc_tower = load_tower("wordllama-256", max_length=6)  # embeds documents differently
+    folder = tmp_path / "two-towers"
+    AlignmentModel({"query": query_tower, "doc": doc_tower},
+                   {"anchor": "query", "positive": "doc"}).save(folder)
+    doc = load_tower(folder, tower="doc")
+    titles = paper_titles()
+    index = save_index(tmp_path / "index", doc.encode(titles), [str(i) for i in
+                                                                range(len(titles))],
+                       titles, model_fingerprint=doc.fingerprint(), model_name=str(folder),
+                       tower="doc")
+    # Long enough for the document tower's truncation to matter: the towers rank differently.
+    query = "graph neural networks for molecules and proteins with contrastive sentence embeddings"
+    expected = load_index(index).search(load_tower(folder, tower="query"), [query], 4,
+                                        indexed_by=doc)[0]
+    through_doc = load_index(index).search(doc, [query], 4)[0]
+    assert [h.id for h in expected] != [h.id for h in through_doc]
+    with TestClient(create_app(str(folder), index)) as two:
+        hits = two.post("/search", json={"query": query, "k": 4}).json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in expected]
+        info = two.get("/info").json()
+        assert info["query_tower"] == "query" and info["index"]["tower"] == "doc"
+        assert sorted(t["name"] for t in info["towers"]) == ["doc", "query"]
