@@ -13,7 +13,9 @@ from contralign.cli import (
     encode,
     evaluate,
     mine,
+    report,
     search,
+    serve,
     train,
 )
 
@@ -43,7 +45,9 @@ app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)
 app.command("mine")(mine.mine_command)
+app.command("report")(report.report_command)
 app.command("align-words")(align.align_words_command)
+app.command("serve")(serve.serve_command)
 app.command("objectives")(catalog.objectives_command)
 app.command("recipes")(catalog.recipes_command)
 
