@@ -33,7 +33,7 @@ def serve_command(
     max_body: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
                                  help="Largest request body (bytes)."),
     as_json: bool = typer.Option(False, "--json",
-                                 help="Print where the server listens as one JSON line."),
+                                 help="Print where the server listens as JSON."),
 ) -> None:
     """Serve MODEL over HTTP: /embed, /similarity, /search, OpenAI's /v1/embeddings, /metrics,
     and a search page at /."""
