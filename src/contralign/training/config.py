@@ -263,6 +263,9 @@ class LoopConfig(StrictConfig):
     # DataLoader worker processes that preprocess batches (tokenize, decode and resize images)
     # while the model trains; 0: in the training process (the same batches either way).
     num_workers: int = Field(default=0, ge=0)
+    # Where the metrics go: metrics.jsonl always (resume reads it); "tensorboard" also writes
+    # TensorBoard event files in run_dir/tensorboard (pip install "contralign[tensorboard]").
+    loggers: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
 
 
 class EvalConfig(StrictConfig):
@@ -273,6 +276,9 @@ class EvalConfig(StrictConfig):
     bitext: DataConfig | None = None  # translation pairs: Tatoeba accuracy both ways (cosine)
     every_steps: int = Field(default=0, ge=0)
     batch_size: int = Field(default=64, gt=0)
+    # The final evaluation adds bootstrap intervals at this level (evaluation.bootstrap: 1000
+    # resamples, a fixed seed) to its metrics.jsonl line: "ci": {metric: [lo, hi]}.
+    ci: float | None = Field(default=None, gt=0, lt=1)
 
 
 class TrainConfig(StrictConfig):

@@ -22,6 +22,7 @@ from contralign.core.config import describe_validation_error, load_config
 from contralign.core.dist import barrier, is_main_process, world_size
 from contralign.core.errors import ConfigError
 from contralign.core.io import remove_temporaries
+from contralign.core.towers import modality_of
 from contralign.data import (
     PairBatcher,
     Record,
@@ -55,16 +56,17 @@ from contralign.training.distributed import (
     resolve_device,
     sync_random_state,
 )
+from contralign.training.monitor import RunMonitor, check_loggers, objective_temperature
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.rundir import (
     METRICS_FILE,
     RunDir,
     check_not_finished,
     check_same_data,
-    log_metrics,
     open_run,
     records_sha256,
     truncate_metrics,
+    write_environment,
 )
 from contralign.training.task import ContrastiveTask
 
@@ -119,6 +121,7 @@ def fit(
     if isinstance(config, str | Path):
         inputs = [*inputs, config]
     config = _as_config(config)
+    check_loggers(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -160,15 +163,23 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
     barrier()  # every rank validated and restored before rank 0 puts the run in place
     run.start(config, records.records)
     broadcast_state(task)  # identical starting weights (a fresh head is drawn on every rank)
-    started = time.perf_counter()
-    pairs = _train(task, records, config, optimizer, scheduler, state, steps, run.path,
-                   dev, progress and main)
-    seconds = time.perf_counter() - started
-    barrier()
-    metrics = dev.evaluate(model)
+    monitor = _open_monitor(run, config, dev, model, device, state.step) if main else None
+    try:
+        if monitor is not None and dev and state.step == 0 \
+                and (run.mode != "resume" or not _evaluated_at(run.path, 0)):
+            monitor.evaluate(0, model)  # the untrained model, the start of every curve
+        started = time.perf_counter()
+        pairs = _train(task, records, config, optimizer, scheduler, state, steps, run.path,
+                       monitor, progress and main)
+        seconds = time.perf_counter() - started
+        barrier()
+        metrics: dict[str, float] = {}
+        if monitor is not None and dev:
+            metrics = monitor.evaluate(state.step, model, config.eval.ci)
+    finally:
+        if monitor is not None:
+            monitor.close()
     if main:
-        if metrics:
-            log_metrics(run.path, {"step": state.step, "eval": metrics})
         model.save(run.path / "model",
                      extra={"training": _training_fingerprint(config, records, state)})
     run.finish(state.step)
@@ -176,6 +187,27 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
     rejects = rejects_path_for(config.data, run.path) if main and records.skipped else None
     return RunResult(run.path, run.path / "model", state.step, metrics, records.skipped,
                      rejects, seconds, pairs / seconds if seconds else 0.0)
+
+
+def _open_monitor(run: RunDir, config: TrainConfig, dev: DevSets, model: Any,
+                  device: torch.device, step: int) -> RunMonitor:
+    """Rank 0's recorder, once the run has started at ``step``; ``environment.json`` with
+    it."""
+    write_environment(run.path, device, world_size())
+    modalities = {role: modality_of(model.side(role)) for role in ("anchor", "positive")}
+    resumed = step if run.mode == "resume" else None
+    return RunMonitor(run.path, config, dev, modalities, resume_step=resumed)
+
+
+def _evaluated_at(run_dir: Path, step: int) -> bool:
+    return any(entry.get("step") == step and "eval" in entry for entry in _metric_lines(run_dir))
+
+
+def _metric_lines(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def _restore(
@@ -231,7 +263,8 @@ def draw_loader_seed() -> None:
 def _train(
     task: ContrastiveTask, records: RecordSet, config: TrainConfig,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-    state: TrainState, total_steps: int, run_dir: Path, dev: DevSets, progress: bool,
+    state: TrainState, total_steps: int, run_dir: Path, monitor: RunMonitor | None,
+    progress: bool,
 ) -> int:
     """Run optimiser steps until ``total_steps``; returns the number of pairs trained on."""
     loop = config.train
@@ -251,7 +284,7 @@ def _train(
                 state.step += 1
                 state.batch_in_epoch += 1
                 advance(losses["loss"])
-                _after_step(task, losses, config, state, optimizer, scheduler, run_dir, dev)
+                _after_step(task, losses, config, state, optimizer, scheduler, run_dir, monitor)
                 if state.step >= total_steps:
                     break
             if state.batch_in_epoch >= len(batcher):
@@ -313,17 +346,20 @@ def _check_shards(batcher: PairBatcher, world: int) -> None:
 def _after_step(
     task: ContrastiveTask, losses: dict[str, float], config: TrainConfig, state: TrainState,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-    run_dir: Path, dev: DevSets,
+    run_dir: Path, monitor: RunMonitor | None,
 ) -> None:
     loop = config.train
-    if not is_main_process():  # only rank 0 logs, evaluates and writes checkpoints
+    if monitor is None:  # only rank 0 logs, evaluates and writes checkpoints
         return
     if state.step % loop.log_every == 0:
-        log_metrics(run_dir, {"step": state.step, "epoch": state.epoch, **losses,
-                       "lr": scheduler.get_last_lr()[0]})
-    if config.eval.every_steps and state.step % config.eval.every_steps == 0 and dev:
-        metrics = dev.evaluate(task.model)
-        log_metrics(run_dir, {"step": state.step, "eval": metrics})
+        entry = {"step": state.step, "epoch": state.epoch, **losses,
+                 "lr": scheduler.get_last_lr()[0]}
+        temperature = objective_temperature(task.objective)
+        if temperature is not None:
+            entry["temperature"] = temperature
+        monitor.train(entry)
+    if config.eval.every_steps and state.step % config.eval.every_steps == 0 and monitor.dev:
+        monitor.evaluate(state.step, task.model)
         task.train()
     if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
         folder = run_dir / "checkpoints" / f"step-{state.step}"

@@ -7,7 +7,12 @@ Layout::
                      the step the run finished at (null while it runs)
     .lock            locked by the process that writes the run (released by the OS when it dies)
     config.yaml      the resolved config
-    metrics.jsonl    one line per logged step and per evaluation
+    environment.json versions, machine, device and start time (written when the run starts)
+    metrics.jsonl    one line per logged step and per evaluation (a new run with dev sets
+                     evaluates at step 0; the final line may carry bootstrap intervals)
+    diagnostics/     sample.json (the dev pairs the snapshots embed) and step-N.npz snapshots
+                     of their embeddings at each evaluation (``training.monitor``)
+    tensorboard/     TensorBoard event files, with ``train.loggers: [jsonl, tensorboard]``
     checkpoints/     step-N/ folders (``training.checkpoint``)
     model/           the final model folder
     *.rejects.jsonl  skipped records
@@ -55,12 +60,14 @@ Mode = Literal["fresh", "overwrite", "resume"]
 RUN_FORMAT = 1
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
 # Keys a resumed run may change: how long it trains (extend it), how often it logs, evaluates
 # and checkpoints, and its CPU threads. Anything else would make the resumed run a different run
 # from the one its checkpoints belong to. (output_dir: the same folder, perhaps spelled another
 # way.)
 RESUMABLE_KEYS = ("train.max_steps", "train.epochs", "train.log_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.threads", "eval", "output_dir")
+                  "train.keep_checkpoints", "train.threads", "train.loggers", "eval",
+                  "output_dir")
 
 
 @dataclass
@@ -282,6 +289,34 @@ def truncate_metrics(path: Path, step: int) -> None:
         if isinstance(entry, dict) and entry.get("step", 0) <= step:
             kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def write_environment(run_dir: Path, device: Any, world: int) -> None:
+    """``environment.json``: the versions and machine a run started on (once per run; a
+    resume keeps the first one)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    path = run_dir / ENVIRONMENT_FILE
+    if path.exists():
+        return
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    gpu = torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None
+    atomic_write_json(path, {
+        "format": 1, "contralign": installed("contralign"), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": installed("transformers"),
+        "numpy": installed("numpy"), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "device": str(device), "gpu": gpu, "world_size": world,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def log_metrics(run_dir: Path, entry: dict[str, Any]) -> None:
