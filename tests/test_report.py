@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import one_line_error
+from tests.conftest import PAIRS, one_line_error
 from typer.testing import CliRunner
 
 from contralign.cli.app import app
@@ -334,3 +334,39 @@ def test_reading_a_run_keeps_the_last_line_of_a_step(tmp_path):
     assert loaded.final is not None and loaded.final.metrics == {"retrieval/recall@1": 0.9}
     with pytest.raises(DataError):
         read_run(tmp_path)
+
+
+# --- a real run ---------------------------------------------------------------------------
+
+
+def test_report_of_a_real_training_run(tiny_model_dir, pairs_file, tmp_path):
+    """Train the tiny BERT a few steps with a dev set, then report on the run directory."""
+    import yaml
+
+    from contralign.training.loop import fit
+
+    columns = {"anchor": "query", "positive": "doc"}
+    config = {"model": {"name": str(tiny_model_dir), "max_length": 32},
+              "data": {"path": str(pairs_file), "columns": columns},
+              "objective": {"name": "info_nce", "temperature": 0.05},
+              "optim": {"lr": 1e-3},
+              "train": {"epochs": 2, "batch_size": 4, "seed": 0, "log_every": 1},
+              "eval": {"retrieval": {"path": str(pairs_file), "columns": columns},
+                       "every_steps": 3},
+              "output_dir": str(tmp_path / "run")}
+    fit(config, progress=False)
+    run = read_run(tmp_path / "run")
+    assert run.evals[0].step == 0, "a new run evaluates the untrained model first"
+    assert run.environment is not None and run.sample is not None
+    assert len(run.sample.anchors) == len(PAIRS) and len(run.snapshots) == 2
+    result = report(tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {Path(p).name for p in out["figures"]} >= {
+        "report-training.png", "report-dev-metrics.png", "report-diagnostics.png",
+        "report-alignment-uniformity.png", "report-similarity.png", "report-embedding-map.png"}
+    page = Path(out["html"]).read_text(encoding="utf-8")
+    check_self_contained(page)
+    assert yaml.safe_load(run.config_text or "")["train"]["epochs"] == 2
+    final = out["runs"][0]["final"]["metrics"]
+    assert final["retrieval/recall@1"] == run.evals[-1].metrics["retrieval/recall@1"]
