@@ -17,6 +17,7 @@ from contralign.cli.app import app
 from contralign.core.errors import DataError
 from contralign.report.analysis import example_anchors, map_2d, neighbours, pair_cosines
 from contralign.report.build import FIGURES, figure_path, is_our_png, png_text
+from contralign.report.figures import grid_shape, smooth
 from contralign.report.runs import Snapshot, read_run
 
 runner = CliRunner()
@@ -323,6 +324,13 @@ def test_neighbours_rank_the_true_pair():
         assert [j for j, _ in hit.hits] == list(np.argsort(-scores)[:3])
         assert hit.true_rank == 1 + int((scores > scores[hit.anchor]).sum())
     assert example_anchors(40) == [0, 9, 19, 29, 39] and example_anchors(2) == [0, 1]
+
+
+def test_loss_smoothing_is_tensorboards_debiased_moving_average():
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # no pull towards 0
+    # t=2: (0.6 * 0 + 0.4 * 1) / (1 - 0.6 ** 2)
+    assert smooth([0.0, 1.0]) == pytest.approx([0.0, 0.625])
+    assert grid_shape(9) == (3, 3) and grid_shape(5) == (2, 3) and grid_shape(4) == (1, 4)
 
 
 def test_reading_a_run_keeps_the_last_line_of_a_step(tmp_path):

@@ -25,6 +25,27 @@ DPI = 100
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 PANEL = (3.6, 2.7)  # inches per panel: 360 x 270 px at DPI
+SMOOTH_FROM = 10  # loss curves of at least this many points are also drawn smoothed
+SMOOTHING = 0.6  # TensorBoard's default weight
+
+
+def smooth(values: Sequence[float], weight: float = SMOOTHING) -> list[float]:
+    """TensorBoard's scalar smoothing: an exponential moving average, debiased so that the first
+    points are not pulled towards 0 (``s_t = w s_{t-1} + (1 - w) v_t``, divided by
+    ``1 - w^t``)."""
+    out, last = [], 0.0
+    for t, value in enumerate(values, start=1):
+        last = weight * last + (1 - weight) * value
+        out.append(last / (1 - weight ** t))
+    return out
+
+
+def _step_axis(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
 
 
 def colour(index: int) -> str:
@@ -78,14 +99,22 @@ def training_curves(runs: Sequence[Run]) -> Figure:
     fig, axes = _figure(1, len(keys))
     titles = {"loss": "training loss", "lr": "learning rate", "temperature": "temperature"}
     for ax, key in zip(axes.flat, keys, strict=False):
+        fixed = set()
         for i, run in enumerate(runs):
             steps, values = run.series(key)
-            ax.plot(steps, values, color=colour(i), lw=1.2, label=run.name)
+            if key == "loss" and len(values) >= SMOOTH_FROM:
+                ax.plot(steps, values, color=colour(i), lw=0.8, alpha=0.3)
+                ax.plot(steps, smooth(values), color=colour(i), lw=1.4, label=run.name)
+            else:
+                ax.plot(steps, values, color=colour(i), lw=1.2, label=run.name)
             if key == "loss":
                 _loss_parts(ax, run, values, colour(i))
-        ax.set_title(titles[key], fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
+            fixed.add(values[0] if values and min(values) == max(values) else None)
+        title = titles[key]
+        if key == "temperature" and len(fixed) == 1 and None not in fixed:
+            title += f" (fixed at {fixed.pop():g})"
+        ax.set_title(title, fontsize=10)
+        _step_axis(ax)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.grid(alpha=0.3)
@@ -116,11 +145,17 @@ def metric_keys(runs: Sequence[Run], geometry: bool) -> list[str]:
     return list(keys)
 
 
+def grid_shape(count: int, columns: int = 4) -> tuple[int, int]:
+    """Rows and columns for ``count`` panels, at most ``columns`` wide, rows filled evenly
+    (9 panels: 3 x 3, not 4 + 4 + 1)."""
+    rows = -(-count // columns)
+    return rows, -(-count // rows)
+
+
 def metric_grid(runs: Sequence[Run], keys: Sequence[str], columns: int = 4) -> Figure:
     """One panel per metric over steps, one line per run; a bootstrap interval as an error bar
     where the evaluation has one, and the untrained model (step 0) as a hollow marker."""
-    cols = min(columns, len(keys))
-    rows = -(-len(keys) // cols)
+    rows, cols = grid_shape(len(keys), columns)
     fig, axes = _figure(rows, cols)
     for ax, key in zip(axes.flat, keys, strict=False):
         for i, run in enumerate(runs):
@@ -137,8 +172,7 @@ def metric_grid(runs: Sequence[Run], keys: Sequence[str], columns: int = 4) -> F
                 ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="none", ecolor=colour(i),
                             capsize=3, lw=1)
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
+        _step_axis(ax)
         ax.grid(alpha=0.3)
         _legend(ax, runs)
     _finish_grid(axes, len(keys))
@@ -196,25 +230,31 @@ def similarity_histograms(runs: Sequence[Run]) -> Figure:
     training: the two distributions behind alignment and uniformity. Densities, so that n
     positives and n(n-1) negatives share an axis."""
     fig, axes = _figure(1, 2)
-    bins = np.linspace(-1, 1, 81)
+    cosines = {(which, i): pair_cosines(run.snapshots[0 if which == "before" else -1])
+               for which in ("before", "after") for i, run in enumerate(runs) if run.snapshots}
+    low = min(min(pos.min(), neg.min()) for pos, neg in cosines.values())
+    low = max(-1.0, np.floor(low * 10) / 10 - 0.1)  # the range both panels share
     for ax, which in zip(axes.flat, ("before", "after"), strict=True):
         for i, run in enumerate(runs):
-            if not run.snapshots:
+            if (which, i) not in cosines:
                 continue
-            snapshot = run.snapshots[0] if which == "before" else run.snapshots[-1]
-            pos, neg = pair_cosines(snapshot)
+            pos, neg = cosines[which, i]
+            # Fewer bins for the n positives than for the n(n - 1) negatives.
+            pos_bins = np.linspace(low, 1, int(np.clip(4 * np.sqrt(len(pos)), 15, 80)) + 1)
+            bins = np.linspace(low, 1, 81)
             pos_colour, neg_colour = ((COLOURS[0], COLOURS[1]) if len(runs) == 1
                                       else (colour(i), colour(i)))
             prefix = "" if len(runs) == 1 else f"{run.name}: "
             ax.hist(neg, bins=bins, density=True, histtype="stepfilled" if len(runs) == 1
                     else "step", alpha=0.5 if len(runs) == 1 else 1.0, color=neg_colour,
                     ls="--" if len(runs) > 1 else "-", label=f"{prefix}negative pairs")
-            ax.hist(pos, bins=bins, density=True, histtype="stepfilled" if len(runs) == 1
+            ax.hist(pos, bins=pos_bins, density=True, histtype="stepfilled" if len(runs) == 1
                     else "step", alpha=0.5 if len(runs) == 1 else 1.0, color=pos_colour,
                     lw=1.5, label=f"{prefix}positive pairs")
         steps = sorted({(r.snapshots[0] if which == "before" else r.snapshots[-1]).step
                         for r in runs if r.snapshots})
         ax.set_title(f"{which} (step {', '.join(map(str, steps))})", fontsize=10)
+        ax.set_xlim(low, 1)
         ax.set_xlabel("cosine similarity", fontsize=8)
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from contralign.report.analysis import Neighbours, example_anchors, neighbours
-from contralign.report.figures import colour
+from contralign.report.figures import SMOOTH_FROM, SMOOTHING, colour
 from contralign.report.runs import EvalPoint, Run
 
 GENERATOR = "contralign report"  # the <meta name="generator"> that marks a page as ours
@@ -30,8 +30,15 @@ img{max-width:100%;height:auto;display:block;margin:6px 0}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px;max-height:420px}
 .note{color:#555;font-style:italic}.true{font-weight:600;color:#176317}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
-.hit{display:block}.cos{color:#666;font-variant-numeric:tabular-nums;margin-right:4px}
+.nav a{color:#1f5fa8;text-decoration:none}.hit{display:block}
+.cos{color:#666;font-variant-numeric:tabular-nums;margin-right:4px}
 """
+SECTIONS = (("summary", "metrics"), ("training", "training"), ("dev-metrics", "dev metrics"),
+            ("diagnostics", "diagnostics"), ("alignment-uniformity", "alignment-uniformity"),
+            ("similarity", "similarities"), ("embedding-map", "map"),
+            ("neighbours", "neighbours"), ("config", "config"), ("environment", "machine"))
+NAV = '<p class="nav">' + " · ".join(f'<a href="#{key}">{name}</a>'
+                                     for key, name in SECTIONS) + "</p>"
 TEXT_LIMIT = 160  # characters of an item shown in the neighbour tables
 
 
@@ -59,7 +66,7 @@ def render_page(runs: Sequence[Run], figures: dict[str, bytes], map_method: str)
     """The whole page for ``runs`` with the rendered ``figures`` (name -> PNG bytes)."""
     names = ", ".join(run.name for run in runs)
     title = f"contralign report: {names}"
-    body = [f"<h1>{esc(title)}</h1>", _runs_table(runs), _summary(runs),
+    body = [f"<h1>{esc(title)}</h1>", NAV, _runs_table(runs), _summary(runs),
             _training(runs, figures), _dev_metrics(runs, figures), _diagnostics(runs, figures),
             _plane(runs, figures), _similarities(runs, figures),
             _map(runs, figures, map_method), _neighbours(runs), _configs(runs),
@@ -98,7 +105,7 @@ def _runs_table(runs: Sequence[Run]) -> str:
 
 
 def _summary(runs: Sequence[Run]) -> str:
-    out = ["<h2>Final metrics</h2>"]
+    out = ['<h2 id="summary">Final metrics</h2>']
     finals = [run.final for run in runs]
     if not any(finals):
         return out[0] + note("No evaluation was logged: the config sets no dev set (eval.sts, "
@@ -154,7 +161,7 @@ def _cell(point: EvalPoint | None, key: str) -> str:
 
 def _section(title: str, figure: str, figures: dict[str, bytes], missing: str,
              notes: Sequence[str] = ()) -> str:
-    out = [f"<h2>{esc(title)}</h2>"]
+    out = [f'<h2 id="{esc(figure)}">{esc(title)}</h2>']
     if figure in figures:
         out.append(image(figure, figures[figure], title))
     else:
@@ -175,7 +182,10 @@ def _training(runs: Sequence[Run], figures: dict[str, bytes]) -> str:
     keys = [{k for _, v in run.train for k in v} for run in runs]
     notes = []
     if "training" in figures:
-        notes = _lacking(runs, ["temperature" in k for k in keys],
+        notes = [f"A loss of {SMOOTH_FROM} or more points is drawn smoothed as TensorBoard "
+                 f"smooths it (exponential moving average, weight {SMOOTHING}, debiased), over "
+                 "the raw values drawn faint."]
+        notes += _lacking(runs, ["temperature" in k for k in keys],
                          "temperature (its objective has none, or it predates temperature "
                          "logging)")
     return _section("Training: loss, learning rate, temperature", "training", figures,
@@ -247,7 +257,7 @@ def _map(runs: Sequence[Run], figures: dict[str, bytes], method: str) -> str:
 
 
 def _neighbours(runs: Sequence[Run]) -> str:
-    out = ["<h2>Nearest neighbours before and after</h2>"]
+    out = ['<h2 id="neighbours">Nearest neighbours before and after</h2>']
     shown = False
     for run in runs:
         if not run.snapshots or run.sample is None:
@@ -292,7 +302,7 @@ def _clip(text: str) -> str:
 
 
 def _configs(runs: Sequence[Run]) -> str:
-    out = ["<h2>Resolved config</h2>"]
+    out = ['<h2 id="config">Resolved config</h2>']
     for run in runs:
         if len(runs) > 1:
             out.append(f"<h3>{esc(run.name)}</h3>")
@@ -306,7 +316,7 @@ ENVIRONMENT_ORDER = ("contralign", "python", "torch", "transformers", "numpy", "
 
 
 def _environments(runs: Sequence[Run]) -> str:
-    out = ["<h2>Machine and versions</h2>"]
+    out = ['<h2 id="environment">Machine and versions</h2>']
     envs = [run.environment for run in runs]
     if not any(envs):
         return out[0] + note("No environment.json: a run from before it was recorded.")
