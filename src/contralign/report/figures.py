@@ -259,7 +259,10 @@ def similarity_histograms(runs: Sequence[Run]) -> Figure:
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        if len(runs) == 1:
+            ax.legend(fontsize=7, frameon=False)
+        elif which == "after":  # 2 entries per run: beside the panels, not over the bars
+            ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
