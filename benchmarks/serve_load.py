@@ -362,7 +362,11 @@ def servers_of(args: argparse.Namespace) -> tuple[list[Server], list[str]]:
                 servers.append(naive(args.model))
             case _:
                 sys.exit(f"benchmark: --servers: unknown server {name!r} (ours, naive)")
-    if args.infinity is not None:
+    if args.infinity is None:
+        notes.append("infinity: not run (no --infinity VENV): infinity-emb pins numpy<2, so it "
+                     "does not install beside contralign; install it in a venv of its own: "
+                     "pip install torch==2.13.0 'infinity-emb[server,torch]'")
+    else:
         from contralign.encoders.resolve import resolve_model
 
         executable = args.infinity / "bin" / "infinity_emb"
