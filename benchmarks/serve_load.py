@@ -241,9 +241,13 @@ def ours_at(model: str, max_batch: int, max_wait_ms: float, env: dict[str, str])
                   env=env)
 
 
-def naive(model: str) -> Server:
+def naive(model: str, passive: bool = False) -> Server:
+    """The naive server; ``passive``: with the OpenMP wait policy ``contralign serve`` sets, so
+    the comparison also holds against a naive server given the same setting."""
     argv = [sys.executable, str(HERE / "naive_server.py"), model, "--port", "{port}"]
-    return Server("naive", argv, ["/embed"], model_field=model)
+    env = {"OMP_WAIT_POLICY": "PASSIVE"} if passive else {}
+    return Server("naive (passive)" if passive else "naive", argv, ["/embed"], model_field=model,
+                  env=env)
 
 
 def infinity(venv: Path, folder: str, max_batch: int) -> Server:
@@ -254,7 +258,9 @@ def infinity(venv: Path, folder: str, max_batch: int) -> Server:
 
 
 def serve_app(args: argparse.Namespace) -> None:
-    """``--serve-app``: ours through ``create_app`` with the CLI's uvicorn settings."""
+    """``--serve-app``: ours through ``create_app`` with the CLI's uvicorn settings (and its
+    OpenMP wait policy, set before torch loads)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
     from contralign.serving.app import create_app
@@ -325,7 +331,8 @@ def parse_args() -> argparse.Namespace:
                         help="timed passes per server and endpoint (the servers alternate)")
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--texts", choices=["sts", "titles"], default="sts")
-    parser.add_argument("--servers", default="naive,ours", help="comma-separated: ours, naive")
+    parser.add_argument("--servers", default="naive,naive-passive,ours",
+                        help="comma-separated: ours, naive, naive-passive")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="ours' --max-batch (default: the CLI's)")
     parser.add_argument("--sweep", default="",
@@ -360,8 +367,11 @@ def servers_of(args: argparse.Namespace) -> tuple[list[Server], list[str]]:
                 servers.append(ours(args.model, args.max_batch, ours_env(args)))
             case "naive":
                 servers.append(naive(args.model))
+            case "naive-passive":
+                servers.append(naive(args.model, passive=True))
             case _:
-                sys.exit(f"benchmark: --servers: unknown server {name!r} (ours, naive)")
+                sys.exit(f"benchmark: --servers: unknown server {name!r} (ours, naive, "
+                         "naive-passive)")
     if args.infinity is None:
         notes.append("infinity: not run (no --infinity VENV): infinity-emb pins numpy<2, so it "
                      "does not install beside contralign; install it in a venv of its own: "
