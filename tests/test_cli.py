@@ -138,6 +138,23 @@ def test_encode_index_search(tiny_model_dir, pairs_file, tmp_path):
     assert hits[0]["text"] == docs[3] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_encode_and_index_answer_in_json(tiny_model_dir, pairs_file, tmp_path):
+    result = runner.invoke(app, ["encode", str(tiny_model_dir), str(pairs_file), "--column",
+                                 "doc", "-o", str(tmp_path / "emb.npy"), "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    rows = len(pairs_file.read_text().splitlines())
+    assert written == {"output": str(tmp_path / "emb.npy"), "rows": rows, "dimension": 32,
+                       "dtype": "float32"}
+    result = runner.invoke(app, ["index", str(tiny_model_dir), str(pairs_file), "--column", "doc",
+                                 "-o", str(tmp_path / "index"), "--json"])
+    assert result.exit_code == 0, result.output
+    indexed = json.loads(result.stdout)
+    assert indexed["items"] == rows and indexed["dimension"] == 32
+    manifest = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert indexed["fingerprint"] in json.dumps(manifest)
+
+
 def test_search_refuses_another_model(tiny_model_dir, pairs_file, tmp_path):
     index = tmp_path / "index"
     runner.invoke(app, ["index", str(tiny_model_dir), str(pairs_file), "--column", "doc", "-o",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from contralign.cli.common import command, console
+from contralign.cli.common import command, console, print_json
 
 TOWER_HELP = "In a model of several towers, the one to use: its name, or image / text."
 
@@ -22,6 +22,7 @@ def encode_command(
     column: str | None = typer.Option(None, "--column", help="Column holding the items."),
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Embed every item of INPUT with MODEL; writes a float32 (N, D) array in input order."""
     import numpy as np
@@ -38,4 +39,8 @@ def encode_command(
     embeddings = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)
     with atomic_file(output) as f:  # exactly the path named: np.save(path) would add .npy
         np.save(f, embeddings, allow_pickle=False)
-    console.print(f"{embeddings.shape[0]} × {embeddings.shape[1]} float32 → {output}")
+    if as_json:
+        print_json({"output": str(output), "rows": int(embeddings.shape[0]),
+                    "dimension": int(embeddings.shape[1]), "dtype": "float32"})
+    else:
+        console.print(f"{embeddings.shape[0]} × {embeddings.shape[1]} float32 → {output}")

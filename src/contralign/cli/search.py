@@ -31,6 +31,7 @@ def index_command(
                                    help="Replace an index folder that is already there."),
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP + " Queries then go "
                                      "through the model's other tower."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was indexed as JSON."),
 ) -> None:
     """Embed CORPUS with MODEL and write a searchable index folder."""
     from contralign.cli.common import read_items
@@ -52,7 +53,11 @@ def index_command(
     save_index(output, vectors, ids, shown, model_fingerprint=encoder.fingerprint(),
                model_name=_stored_name(source), tower=chosen.name if several else None,
                modality=modality)
-    console.print(f"Indexed {len(items)} {modality}s ({vectors.shape[1]}-d) → {output}")
+    if as_json:
+        print_json({"output": str(output), "items": len(items), "modality": modality,
+                    "dimension": int(vectors.shape[1]), "fingerprint": encoder.fingerprint()})
+    else:
+        console.print(f"Indexed {len(items)} {modality}s ({vectors.shape[1]}-d) → {output}")
 
 
 def _item_ids(records: list[Record], corpus: Path, id_column: str | None) -> list[str]:
