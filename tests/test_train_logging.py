@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from tests.conftest import PAIRS
+from tests.test_resume import Crash, crash_after
 
-import contralign.training.loop as loop
 from contralign.core.errors import ConfigError
 from contralign.objectives.registry import build_objective
 from contralign.training.config import TrainConfig
@@ -23,8 +23,6 @@ from contralign.training.monitor import objective_temperature
 COLUMNS = {"anchor": "query", "positive": "doc"}
 
 
-class Crash(Exception):
-    """Stands for a kill after some step."""
 
 
 def make_config(model: Path, data: Path, out: Path, *, loggers: list[str] | None = None,
@@ -132,15 +130,6 @@ def test_a_run_records_environment_diagnostics_snapshots_and_tensorboard(
         float(np.sum(anchors * positives)), rel=1e-4)
 
 
-def crash_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    real = loop._after_step
-
-    def after_step(task, losses, config, state, *args):
-        real(task, losses, config, state, *args)
-        if state.step == step:
-            raise Crash(f"killed after step {step}")
-
-    monkeypatch.setattr(loop, "_after_step", after_step)
 
 
 def test_a_resumed_run_records_what_an_uninterrupted_one_does(

@@ -43,6 +43,7 @@ from contralign.evaluation.protocol import (
     ModalityError,
     PairRecord,
     Sides,
+    check_distinct_names,
     encode_sides,
     encode_unique,
     read_pairs,
@@ -122,10 +123,7 @@ def evaluate_all(sides: Encoder | Sides, evaluators: Sequence[Evaluator]) -> dic
         ValueError: two evaluators share a name (their keys would collide).
         TypeError: ``sides`` is neither a ``Sides`` nor an encoder.
     """
-    names = [evaluator.name for evaluator in evaluators]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"evaluator names must be distinct; repeated: {repeated}")
+    check_distinct_names(evaluators)
     sides = Sides.of(sides)
     results: dict[str, float] = {}
     for evaluator in evaluators:

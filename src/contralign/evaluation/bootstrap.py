@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from contralign.evaluation.protocol import Encoder, Evaluator, Sides
+from contralign.evaluation.protocol import Encoder, Evaluator, Sides, check_distinct_names
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
@@ -166,10 +166,7 @@ def evaluate_with_intervals(
             ``resamples < 1``.
     """
     check_confidence(confidence)
-    names = [evaluator.name for evaluator in evaluators]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"evaluator names must be distinct; repeated: {repeated}")
+    check_distinct_names(evaluators)
     sides = Sides.of(sides)
     metrics: dict[str, float] = {}
     intervals: dict[str, Interval] = {}

@@ -265,3 +265,15 @@ def check_same_space(queries: np.ndarray, documents: np.ndarray) -> None:
             f"the query tower gives {queries.shape[1]}-d embeddings and the document tower "
             f"{documents.shape[1]}-d; evaluation needs both in one space (a projection head)"
         )
+
+
+def check_distinct_names(evaluators: Sequence[Evaluator]) -> None:
+    """Evaluator names prefix their metrics' keys, so they must differ.
+
+    Raises:
+        ValueError: two evaluators share a name (their keys would collide).
+    """
+    names = [evaluator.name for evaluator in evaluators]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"evaluator names must be distinct; repeated: {repeated}")
