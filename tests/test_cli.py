@@ -138,6 +138,20 @@ def test_encode_index_search(tiny_model_dir, pairs_file, tmp_path):
     assert hits[0]["text"] == docs[3] and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_train_shows_the_final_intervals(tiny_model_dir, pairs_file, tmp_path):
+    path = _config_file(tmp_path, tiny_model_dir, pairs_file,
+                        eval={"retrieval": {"path": str(pairs_file), "columns": {
+                            "anchor": "query", "positive": "doc"}}, "ci": 0.9})
+    result = runner.invoke(app, ["train", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    lo, hi = summary["ci"]["retrieval/ndcg@10"]
+    assert lo <= summary["metrics"]["retrieval/ndcg@10"] <= hi
+    result = runner.invoke(app, ["train", str(path), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert f"[{lo:.4f}, {hi:.4f}]" in result.output
+
+
 def test_encode_and_index_answer_in_json(tiny_model_dir, pairs_file, tmp_path):
     result = runner.invoke(app, ["encode", str(tiny_model_dir), str(pairs_file), "--column",
                                  "doc", "-o", str(tmp_path / "emb.npy"), "--json"])

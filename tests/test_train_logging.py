@@ -85,6 +85,7 @@ def test_a_run_records_environment_diagnostics_snapshots_and_tensorboard(
     final = evals[-1]
     assert final["confidence"] == 0.9 and "ci" not in evals[-2]
     assert final["eval"] == result.metrics
+    assert {k: list(v) for k, v in result.intervals.items()} == final["ci"]
     assert set(final["ci"]) >= {"retrieval/ndcg@10", "geometry/alignment"}
     for key, (lo, hi) in final["ci"].items():
         assert lo <= final["eval"][key] <= hi, key

@@ -46,6 +46,8 @@ def train_command(
                "skipped_records": result.skipped_records,
                "rejects": str(result.rejects_path) if result.rejects_path else None,
                "metrics": result.metrics}
+    if result.intervals:
+        summary["ci"] = {name: list(bounds) for name, bounds in result.intervals.items()}
     if as_json:
         print_json(summary)
         return
@@ -53,10 +55,12 @@ def train_command(
     table.add_column("key")
     table.add_column("value", justify="right")
     for key, value in summary.items():
-        if key != "metrics" and value is not None:
+        if key not in ("metrics", "ci") and value is not None:
             table.add_row(key, str(value))
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}")
+        bounds = result.intervals.get(name)
+        shown = f"{value:.4f}" + (f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else "")
+        table.add_row(name, shown)
     console.print(table)
     if result.skipped_records:
         console.print(f"[yellow]{result.skipped_records} bad records skipped; see "

@@ -83,6 +83,7 @@ class RunResult:
     rejects_path: Path | None = None
     seconds: float = 0.0
     pairs_per_second: float = 0.0
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # with eval.ci
 
 
 def seed_everything(seed: int) -> None:
@@ -174,8 +175,9 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
         seconds = time.perf_counter() - started
         barrier()
         metrics: dict[str, float] = {}
+        intervals: dict[str, tuple[float, float]] = {}
         if monitor is not None and dev:
-            metrics = monitor.evaluate(state.step, model, config.eval.ci)
+            metrics, intervals = monitor.evaluate(state.step, model, config.eval.ci)
     finally:
         if monitor is not None:
             monitor.close()
@@ -186,7 +188,7 @@ def _fit(config: TrainConfig, device: torch.device, run: RunDir, *, progress: bo
     barrier()  # when fit returns on any rank, the model folder is complete
     rejects = rejects_path_for(config.data, run.path) if main and records.skipped else None
     return RunResult(run.path, run.path / "model", state.step, metrics, records.skipped,
-                     rejects, seconds, pairs / seconds if seconds else 0.0)
+                     rejects, seconds, pairs / seconds if seconds else 0.0, intervals)
 
 
 def _open_monitor(run: RunDir, config: TrainConfig, dev: DevSets, model: Any,

@@ -115,10 +115,13 @@ class RunMonitor:
                     self.writer.add_scalar(f"train/{key}", value, entry["step"])
 
     def evaluate(self, step: int, model: AlignmentModel,
-                 confidence: float | None = None) -> dict[str, float]:
+                 confidence: float | None = None,
+                 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
         """Evaluate the dev sets (with bootstrap intervals at ``confidence``), log the eval
-        line, snapshot the sample's embeddings; returns the metrics."""
+        line, snapshot the sample's embeddings; returns the metrics and their intervals
+        (empty without ``confidence``)."""
         entry: dict[str, Any] = {"step": step}
+        intervals: dict[str, tuple[float, float]] = {}
         if confidence is None:
             metrics = self.dev.evaluate(model)
             entry["eval"] = metrics
@@ -136,7 +139,7 @@ class RunMonitor:
                 self.writer.add_histogram("similarity/positive_pairs", positive, step)
                 self.writer.add_histogram("similarity/negative_pairs", negative, step)
             self.writer.flush()
-        return metrics
+        return metrics, intervals
 
     def snapshot(self, step: int, model: AlignmentModel) -> tuple[np.ndarray, np.ndarray]:
         """Write ``diagnostics/step-<step>.npz`` and prune the ones between step 0 and it."""
