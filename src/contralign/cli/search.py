@@ -96,9 +96,7 @@ def _query_towers(index: SearchIndex, model: str | None) -> tuple[Any, Any]:
         return load_tower(name), None
     full = load_model(name)
     indexed_by = full.towers[index.tower]
-    others = [tower for role in ("anchor", "positive")
-              if full.tower_name(role) != index.tower for tower in [full.side(role)]]
-    query = others[0] if others else indexed_by
+    query = full.query_side(index.tower)
     if getattr(query, "modality", "text") != "text":
         raise ContralignError(f"search: the index holds {index.modality}s embedded by tower "
                               f"{index.tower}; its queries would go through a tower that embeds "

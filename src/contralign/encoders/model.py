@@ -132,6 +132,13 @@ class AlignmentModel(nn.Module):
         name = self.tower_name(role)
         return self.towers[self.sources.get(name, name)]
 
+    def query_side(self, indexed_by: str) -> Any:
+        """The tower that embeds queries against items embedded by tower ``indexed_by``: the
+        other side's (text queries against an image index), else that tower itself."""
+        others = [self.side(role) for role in ("anchor", "positive")
+                  if self.tower_name(role) != indexed_by]
+        return others[0] if others else self.towers[indexed_by]
+
     def embed(self, role: str, inputs: dict[str, Tensor], keys: Tensor | None = None) -> Tensor:
         """``(n, D)``: ``inputs`` of ``role`` through its tower. A locked tower takes its
         features from the cache (by ``keys``, the rows' item ids) and computes only the missing

@@ -126,10 +126,7 @@ def load_served_model(model: str | Path, index_dir: str | Path | None = None) ->
         if index.tower not in towers:
             raise ContralignError(f"--index: {index.path} was embedded by tower {index.tower!r}, "
                                   f"which model {name} does not have ({', '.join(towers)})")
-        indexed_by = towers[index.tower]
-        others = [full.side(role) for role in ("anchor", "positive")
-                  if full.tower_name(role) != index.tower]
-        return served(name, towers, others[0] if others else indexed_by, index, indexed_by)
+        return served(name, towers, full.query_side(index.tower), index, towers[index.tower])
     texts = [full.side(role) for role in ("anchor", "positive")
              if modality_of(full.side(role)) == "text"]
     return served(name, towers, texts[0] if texts else full.side("anchor"), index)
