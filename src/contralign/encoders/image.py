@@ -15,6 +15,10 @@ Backbones:
   ``timm.create_model(name, pretrained=False, num_classes=0)`` (random weights: timm's pretrained
   weights need a download), whose output is its pooled features. timm needs torchvision, which
   must be built for the installed torch; where ``import timm`` fails, the tower says why.
+* ``resnet18-cifar`` / ``resnet18-cifar-w<width>`` (``encoders.resnet``): ResNet-18 with the
+  CIFAR stem (3x3 convolution, no max-pool), random weights, for self-supervised training from
+  scratch on small images. Features ``(B, 8 * width)``; input 32 px scaled by CIFAR-10's mean
+  and standard deviation.
 
 **Modes.** EfficientNet has BatchNorm (and stochastic depth): in train mode a batch's features
 depend on the rest of the batch and the running statistics move. The tower's mode is the
@@ -51,11 +55,13 @@ from contralign.core.towers import Modality, StoredFingerprint, with_settings
 from contralign.encoders.folder import weights_fingerprint
 from contralign.encoders.imaging import LITE_MEAN, LITE_STD, ImagePreprocessor
 from contralign.encoders.pooling import project
+from contralign.encoders.resnet import CIFAR_MEAN, CIFAR_SIZE, CIFAR_STD, CifarResNet, resnet_width
 
 IMAGE_TOWER = "image"
 DEFAULT_IMAGE_MODEL = "efficientnet-lite0"
 TIMM_PREFIX = "timm/"
-KNOWN_IMAGE_MODELS = f"{DEFAULT_IMAGE_MODEL}, {TIMM_PREFIX}<timm model name>"
+KNOWN_IMAGE_MODELS = (f"{DEFAULT_IMAGE_MODEL}, resnet18-cifar[-w<width>], "
+                      f"{TIMM_PREFIX}<timm model name>")
 # Rows of pixels the backbone takes at a time in eval mode (``ImageTower.features``).
 EVAL_ROWS = 16
 # Above this many images, encode() shows a progress bar unless told otherwise (about a minute
@@ -163,7 +169,8 @@ class ImageTower(nn.Module):
         if folder.is_dir():
             return cls._from_folder(folder, overrides)
         name = str(name_or_path)
-        if name != DEFAULT_IMAGE_MODEL and not name.startswith(TIMM_PREFIX):
+        if name != DEFAULT_IMAGE_MODEL and not name.startswith(TIMM_PREFIX) \
+                and resnet_width(name) is None:
             raise ModelNotFoundError(f"model: {name}: unknown image model (known: "
                                      f"{KNOWN_IMAGE_MODELS}, or a folder an image tower saved)")
         tower = cls(name, with_settings(ImageTowerConfig(), overrides, "image"))
@@ -311,7 +318,8 @@ def is_image_model(name: str) -> bool:
     """Whether ``name`` names an image backbone (``efficientnet-…``, ``timm/…``), not a path."""
     if Path(name).expanduser().exists():
         return False
-    return name.startswith(TIMM_PREFIX) or (name.startswith("efficientnet-") and "/" not in name)
+    return name.startswith(TIMM_PREFIX) or resnet_width(name) is not None \
+        or (name.startswith("efficientnet-") and "/" not in name)
 
 
 def read_image_folder(folder: Path) -> tuple[str, ImageTowerConfig, str | None]:
@@ -368,6 +376,11 @@ def _check_weights(module: nn.Module, state: dict[str, Tensor], source: str,
 def _build_backbone(architecture: str, image_size: int | None) -> _Backbone:
     if architecture == DEFAULT_IMAGE_MODEL:
         return _lite0(image_size or _LITE0_SIZE)
+    width = resnet_width(architecture)
+    if width is not None:
+        net = CifarResNet(width)  # random weights: trained from scratch
+        return _Backbone(net, net.width, image_size or CIFAR_SIZE, CIFAR_MEAN, CIFAR_STD,
+                         pools=True)
     if architecture.startswith(TIMM_PREFIX):
         return _timm(architecture, image_size)
     raise ModelNotFoundError(f"model: {architecture}: unknown image architecture (known: "

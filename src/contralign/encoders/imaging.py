@@ -64,14 +64,30 @@ class ImagePreprocessor:
     std: tuple[float, float, float] = LITE_STD
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Tensor]:
+        return {"pixel_values": self._scaled(self._decoded(items).float())}
+
+    def pixels(self, items: Sequence[Any]) -> Tensor:
+        """``(B, 3, S, S)`` float32 in [0, 1]: the items decoded and resized, not yet scaled
+        (the source of image views, ``data.image_views``)."""
+        return self._decoded(items).float().div_(255.0)
+
+    def scale(self, pixels: Tensor) -> dict[str, Tensor]:
+        """``(B, 3, H, W)`` pixels in [0, 1] (any side) -> ``{"pixel_values": ...}`` scaled as
+        ``__call__`` scales."""
+        return {"pixel_values": self._scaled(pixels * 255.0)}
+
+    def _decoded(self, items: Sequence[Any]) -> Tensor:
         size = self.image_size
         pixels = np.empty((len(items), size, size, 3), dtype=np.uint8)  # (B, S, S, 3)
         for i, item in enumerate(items):
             pixels[i] = square_rgb(item, size, position=i)
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
+
+    def _scaled(self, batch: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in pixel units (0-255) -> ``(x - mean) / std`` per channel."""
         mean = torch.tensor(self.mean, dtype=torch.float32)[:, None, None]  # (3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32)[:, None, None]
-        return {"pixel_values": ((batch - mean) / std).contiguous()}
+        return ((batch - mean) / std).contiguous()
 
 
 def square_rgb(item: Any, size: int, position: int = 0) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 ``collator_for(task, config)`` is the picklable ``data.BatchCollator`` that ``fit`` and ``check``
 make batches with: one preprocessor per role (the preprocessor of the tower that embeds it),
-the text views of the config, and the item ids of each preprocessed role (``keys``, for a locked
-tower's feature cache). A locked tower's roles carry their raw items (``core.items.Deferred``):
-the tower preprocesses only those its cache lacks. Under torchrun each process preprocesses only
-its own rows (``shard``); ids, labels and scores stay whole-batch.
+the text or image views of the config, and the item ids of each preprocessed role (``keys``,
+for a locked tower's feature cache). A locked tower's roles carry their raw items
+(``core.items.Deferred``): the tower preprocesses only those its cache lacks. Under torchrun each
+process preprocesses only its own rows (``shard``); ids, labels and scores stay whole-batch.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from contralign.data import (
     text_id,
 )
 from contralign.data.batching import Position, Preprocess, caption_items
+from contralign.data.image_views import ImageViews, build_image_views, is_image_view
 from contralign.data.views import build_views
 from contralign.training.config import TrainConfig
 from contralign.training.task import ContrastiveTask
@@ -63,7 +64,7 @@ class ItemKeys:
 def collator_for(task: ContrastiveTask, config: TrainConfig, *, sharded: bool = True
                  ) -> BatchCollator:
     """The batches ``task`` trains on: roles preprocessed by their towers, the config's text
-    views, item ids; with ``sharded``, only this process's rows are preprocessed."""
+    or image views, item ids; with ``sharded``, only this process's rows are preprocessed."""
     model = task.model
     preprocess: dict[str, Any] = {}
     roles = ("anchor", "positive", "negative", *(("teacher",) if model.teacher else ()))
@@ -72,7 +73,9 @@ def collator_for(task: ContrastiveTask, config: TrainConfig, *, sharded: bool = 
         # A locked tower preprocesses only what its feature cache lacks (items with keys).
         preprocess[role] = Deferred() if locked else model.side(role).preprocessor
     hook: BatchExtras = ItemKeys()
-    if config.views:
+    if config.views and is_image_view(config.views[0].get("name")):
+        hook = ImageViews(build_image_views(config.views), task.views_only)
+    elif config.views:
         hook = TextViews(tuple(build_views(config.views)), task.views_only)
     shard = (rank(), world_size()) if sharded else None
     return BatchCollator(preprocess, hook, shard=shard)

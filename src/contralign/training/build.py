@@ -140,9 +140,32 @@ def check_modalities(config: TrainConfig, model: AlignmentModel,
             raise ConfigError(f"{key}: the {role} role's tower embeds {tower.modality}, but "
                               f"{config.data.path}'s {role} holds {modality}s; map the role to "
                               f"a {modality} tower (data.modalities says what a column holds)")
-    if config.views and "image" in modalities.values():
-        raise ConfigError("views: text views need texts, but the data holds images; drop views "
-                          "(image views come with a later release)")
+    _check_view_modality(config, model, modalities)
+
+
+def _check_view_modality(config: TrainConfig, model: AlignmentModel,
+                         modalities: Mapping[str, str]) -> None:
+    """Text views need texts and text towers, image views images and image towers.
+
+    Raises:
+        ConfigError: views of one modality on data or towers of the other.
+    """
+    if not config.views:
+        return
+    from contralign.data.image_views import is_image_view
+
+    wanted = "image" if is_image_view(config.views[0].get("name")) else "text"
+    held = {modalities.get(role, "text") for role in ("anchor", "positive") if role in modalities}
+    if held - {wanted}:
+        other = "image" if wanted == "text" else "text"
+        names = "simclr, moco-v2, swav, byol" if other == "image" else "identity, ..."
+        raise ConfigError(f"views: {wanted} views need {wanted}s, but {config.data.path} holds "
+                          f"{other}s; use {other} views ({names})")
+    for role in ("anchor", "positive"):
+        tower = model.side(role)
+        if getattr(tower, "modality", "text") != wanted:
+            raise ConfigError(f"views: {wanted} views need a {wanted} tower for the {role} role, "
+                              f"but it embeds {tower.modality}")
 
 
 # Padded positions per length group on a CPU (train.tokens_per_group: auto): the fastest of

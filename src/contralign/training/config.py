@@ -290,20 +290,31 @@ class TrainConfig(StrictConfig):
     optim: OptimConfig = OptimConfig()
     train: LoopConfig = LoopConfig()
     eval: EvalConfig = EvalConfig()
-    views: list[dict[str, Any]] = []  # text views, e.g. [{name: identity}, {name: word_deletion}]
+    # text views, e.g. [{name: identity}, {name: word_deletion}], or image view presets, e.g.
+    # [{name: simclr}] (data.image_views: simclr, moco-v2, swav, byol; each makes several views)
+    views: list[dict[str, Any]] = []
     output_dir: str = "runs/contralign"
 
     @model_validator(mode="after")
     def _check_views(self) -> TrainConfig:
+        from contralign.data.image_views import is_image_view, make_image_views
         from contralign.data.views import make_view
 
+        images = [is_image_view(view.get("name")) for view in self.views]
+        if any(images) and not all(images):
+            raise ValueError("views: image views (simclr, moco-v2, swav, byol) and text views "
+                             "do not mix in one list")
+        count = 0
         for i, view in enumerate(self.views):
+            make = make_image_views if images[i] else make_view
             try:
-                make_view(str(view.get("name")), **{k: v for k, v in view.items() if k != "name"})
-            except ValueError as err:  # make_view names the view and the parameter
+                made = make(str(view.get("name")), **{k: v for k, v in view.items()
+                                                      if k != "name"})
+            except ValueError as err:  # both name the view and the parameter
                 raise ValueError(f"views.{i}: {err}") from None
+            count += len(made) if isinstance(made, tuple) else 1  # a preset makes several
         views_only = "views" in OBJECTIVES[self.objective.name].requires
-        if self.views and len(self.views) < 2 and not views_only:
+        if self.views and count < 2 and not views_only:
             raise ValueError("views: give at least two views (one per side of each pair)")
         return self
 
