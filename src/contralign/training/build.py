@@ -205,8 +205,9 @@ def check_fast_paths(config: TrainConfig, model: AlignmentModel, processes: int)
     towers = batchnorm_towers(model)
     if not towers:
         return
-    why = (f"tower {towers[0]} has BatchNorm layers and trains: they normalise with the "
-           "statistics of the rows they see")
+    tower = f"tower {towers[0]}" if config.model.towers else "the tower"
+    why = (f"{tower} has BatchNorm layers and trains: they normalise with the statistics of the "
+           "rows they see")
     if config.train.grad_cache.enabled:
         raise ConfigError(f"train.grad_cache: {why}, so each chunk would be normalised "
                           "differently from the whole batch; lock the tower (frozen: true) or "
