@@ -35,6 +35,8 @@ from contralign.evaluation.geometry import (
     modality_gap,
     uniformity,
 )
+from contralign.evaluation.knn import KNNEvaluator, knn_class_scores
+from contralign.evaluation.linear_probe import LinearProbeEvaluator, fit_linear_probe
 from contralign.evaluation.mining import MinedPairs, best_threshold, mine_pairs, mining_scores
 from contralign.evaluation.protocol import (
     Encoder,
@@ -72,6 +74,8 @@ __all__ = [
     "Evaluator",
     "GeometryEvaluator",
     "Item",
+    "KNNEvaluator",
+    "LinearProbeEvaluator",
     "MinedPairs",
     "ModalityError",
     "PairRecord",
@@ -97,6 +101,8 @@ __all__ = [
     "geometry_from_sts",
     "hubness",
     "k_occurrence",
+    "knn_class_scores",
+    "fit_linear_probe",
     "mine_pairs",
     "mining_scores",
     "modality_gap",
