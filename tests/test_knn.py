@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_evaluation_sides import ColourTower, cifar_part
+from tests.conftest import one_line_error
+from typer.testing import CliRunner
 
+from contralign.cli.app import app
 from contralign.core.errors import DataError
 from contralign.data.idx import read_idx, read_idx_labelled
 from contralign.data.labelled import read_labelled_images
@@ -171,3 +174,14 @@ def test_idx_reader_errors(tmp_path: Path) -> None:
         read_idx_labelled(path)
     with pytest.raises(DataError, match="named like train-images-idx3-ubyte"):
         read_idx_labelled(gz)
+
+
+def test_cli_one_line_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    train = tmp_path / "train.npz"
+    np.savez(train, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.arange(4))
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), "--knn", "--train", str(train)])
+    assert "give both --train FILE and --test FILE" in one_line_error(result)
+    result = runner.invoke(app, ["eval", str(tiny_model_dir), "--linear-probe", "--train",
+                                 str(train), "--test", str(train)])
+    assert "has no image tower" in one_line_error(result)

@@ -44,6 +44,27 @@ def eval_command(
         None, "--align-method", help="argmax, itermax, match or softmax (default: argmax)."),
     layer: int | None = typer.Option(None, "--layer", min=0, help="Word alignment: the hidden "
                                      "state to align with (default: the aligner's)."),
+    knn: bool = typer.Option(False, "--knn", help="Weighted k-NN accuracy of --test images "
+                             "against --train images (InstDisc: cosine, exp(s/T) votes)."),
+    linear_probe: bool = typer.Option(
+        False, "--linear-probe", help="Accuracy of a logistic-regression probe fit on --train "
+        "features (standardised, L-BFGS, C chosen on a held-out 20%), on --test."),
+    train: Path | None = typer.Option(
+        None, "--train", help="--knn/--linear-probe: labelled training images (.npz: images, "
+        "labels; or an IDX file such as train-images-idx3-ubyte.gz, its labels file beside it)."),
+    test: Path | None = typer.Option(None, "--test", help="--knn/--linear-probe: labelled test "
+                                     "images, as --train."),
+    train_limit: int | None = typer.Option(
+        None, "--train-limit", min=1, help="Use a fixed random sample (seed 0) of this many "
+        "--train images."),
+    test_limit: int | None = typer.Option(None, "--test-limit", min=1,
+                                          help="The same for --test."),
+    k: int = typer.Option(200, "--k", min=1, help="--knn: neighbours."),
+    knn_temperature: float = typer.Option(0.1, "--knn-temperature", min=1e-6,
+                                          help="--knn: T of the exp(similarity / T) weights."),
+    probe_c: list[float] = typer.Option(
+        [], "--probe-c", help="--linear-probe: inverse L2 strength; repeat for a grid chosen on "
+        "held-out training images (default 0.001, 0.01, 0.1, 1)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     ci: float | None = typer.Option(
         None, "--ci", help="Add bootstrap confidence intervals at this level (e.g. 0.95): "
@@ -58,7 +79,8 @@ def eval_command(
     the pairs (alignment, uniformity, modality gap), and zero-shot classification (top-1,
     top-5, mean per class; the confusion matrix with --json), and word alignment (precision,
     recall, F1, AER against gold links). With --ci, each metric gets a bootstrap interval
-    (word alignment's excepted)."""
+    (word alignment's excepted). --knn and --linear-probe classify --test images by their
+    frozen embeddings and labelled --train images (top-1, and top-5 with more than 5 classes)."""
     from contralign.core.errors import ContralignError
     from contralign.encoders.loading import load_model, role_modalities
     from contralign.evaluation import (
@@ -71,10 +93,15 @@ def eval_command(
     if ci is not None and not 0.0 < ci < 1.0:
         raise ContralignError(f"--ci: the confidence level must be between 0 and 1 "
                               f"(exclusive), e.g. 0.95; got {ci}")
+    classify = knn or linear_probe
     if (sts is None and retrieval is None and zero_shot is None and not bitext
-            and word_alignment is None):
+            and word_alignment is None and not classify):
         raise ContralignError("eval: give --sts FILE, --retrieval FILE, --zero-shot FILE, "
-                              "--bitext FILE and/or --word-alignment FILE --gold FILE")
+                              "--bitext FILE, --word-alignment FILE --gold FILE and/or "
+                              "--knn/--linear-probe --train FILE --test FILE")
+    if classify != (train is not None and test is not None) or (train is None) != (test is None):
+        raise ContralignError("--knn/--linear-probe: give both --train FILE and --test FILE "
+                              "(labelled images), and --knn and/or --linear-probe with them")
     modalities = role_modalities(model)  # the files are read before the model is loaded
     if zero_shot is not None and "image" not in modalities.values():
         raise ContralignError(f"--zero-shot: {model} has no image tower (it embeds "
@@ -86,6 +113,12 @@ def eval_command(
         evaluators += _retrieval(retrieval, parse_columns(columns), modalities, batch_size)
     if zero_shot is not None:
         evaluators.append(_zero_shot(zero_shot, classes, template, batch_size))
+    if classify and "image" not in modalities.values():
+        raise ContralignError(f"--knn/--linear-probe: {model} has no image tower (it embeds "
+                              f"{', '.join(sorted(set(modalities.values())))})")
+    if train is not None and test is not None:
+        evaluators += _classifiers(train, test, (train_limit, test_limit), knn, linear_probe,
+                                   k, knn_temperature, probe_c, batch_size)
     bitexts = bitext_evaluators(bitext, scoring, modalities, batch_size) if bitext else []
     evaluators += bitexts
     evaluators += word_alignment_evaluators(word_alignment, gold, align_method, layer, batch_size)
@@ -98,6 +131,7 @@ def eval_command(
         metrics, intervals = evaluate_with_intervals(sides, evaluators, ci, resamples=bootstrap)
     if as_json:
         details = {e.name: e.details for e in evaluators if isinstance(e, ZeroShotEvaluator)}
+        details |= {e.name: e.settings() for e in evaluators if hasattr(e, "settings")}
         bounds = {"ci": {k: list(v) for k, v in intervals.items()}, "confidence": ci,
                   "bootstrap": bootstrap} if ci is not None else {}
         print_json({"model": model, "metrics": metrics, **bounds,
@@ -163,3 +197,25 @@ def _zero_shot(path: Path, classes: str | None, templates: list[str], batch_size
     records = load_records(DataConfig(path=str(path), modalities={"anchor": "image"}),
                            key="--zero-shot").records
     return zero_shot_from_records(records, names, templates or None, batch_size=batch_size)
+
+
+def _classifiers(train: Path, test: Path, limits: tuple[int | None, int | None], knn: bool,
+                 linear_probe: bool, k: int, temperature: float, c: list[float],
+                 batch_size: int) -> list[Any]:
+    """The k-NN and linear-probe evaluators over the labelled images of ``train`` and ``test``
+    (each file read once, both evaluators on the same images)."""
+    from contralign.data.labelled import read_labelled_images
+    from contralign.evaluation import KNNEvaluator, LinearProbeEvaluator
+
+    train_set = read_labelled_images(train, key="--train", limit=limits[0])
+    test_set = read_labelled_images(test, key="--test", limit=limits[1])
+    sets = (train_set.items, train_set.labels, test_set.items, test_set.labels)
+    evaluators: list[Any] = []
+    if knn:
+        evaluators.append(KNNEvaluator(*sets, k=k, temperature=temperature,
+                                       batch_size=batch_size))
+    if linear_probe:
+        probe = LinearProbeEvaluator(*sets, c=c, batch_size=batch_size) if c \
+            else LinearProbeEvaluator(*sets, batch_size=batch_size)
+        evaluators.append(probe)
+    return evaluators
