@@ -185,3 +185,24 @@ def test_cli_one_line_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(tiny_model_dir), "--linear-probe", "--train",
                                  str(train), "--test", str(train)])
     assert "has no image tower" in one_line_error(result)
+
+
+def test_dev_sets_build_knn_and_linear_probe(shared_data: Path, tmp_path: Path) -> None:
+    from contralign.evaluation import LinearProbeEvaluator, evaluate_all
+    from contralign.training.config import EvalConfig
+    from contralign.training.dev import DevSets
+
+    path = shared_data / "images" / "cifar10-part-a.npz"
+    labelled = {"train": {"path": str(path), "limit": 200}, "test": {"path": str(path),
+                                                                      "limit": 50}}
+    config = EvalConfig.model_validate({"knn": {**labelled, "k": 20},
+                                        "linear_probe": {**labelled, "c": [0.5]}})
+    dev = DevSets.from_config(config)
+    knn, probe = dev.evaluators
+    assert isinstance(knn, KNNEvaluator) and isinstance(probe, LinearProbeEvaluator)
+    assert (knn.k, knn.temperature, len(knn.train_items), len(knn.test_items)) == (20, 0.1, 200, 50)
+    assert probe.grid == (0.5,) and dev.sample is None
+    metrics = evaluate_all(ColourTower(np.full(6, 0.3)), dev.evaluators)
+    assert set(metrics) == {"knn/top1", "linear_probe/top1"}
+    with pytest.raises(ValueError, match="k"):
+        EvalConfig.model_validate({"knn": {**labelled, "k": 0}})

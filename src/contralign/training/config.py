@@ -268,12 +268,41 @@ class LoopConfig(StrictConfig):
     loggers: list[Literal["jsonl", "tensorboard"]] = ["jsonl"]
 
 
+class LabelledImagesConfig(StrictConfig):
+    """Labelled images for a classifier: an ``.npz`` file (images, labels) or an IDX images file
+    with its labels file beside it (``data.labelled``)."""
+
+    path: str
+    limit: int | None = Field(default=None, gt=0)  # a fixed random sample (seed 0) of this many
+
+
+class KNNConfig(StrictConfig):
+    """Weighted k-NN accuracy of the test images against the training images
+    (``evaluation.knn``)."""
+
+    train: LabelledImagesConfig
+    test: LabelledImagesConfig
+    k: int = Field(default=200, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
+
+
+class LinearProbeConfig(StrictConfig):
+    """Linear-probe accuracy (``evaluation.linear_probe``); ``c``: one inverse L2 strength or a
+    grid chosen on held-out training images (default: the evaluator's grid)."""
+
+    train: LabelledImagesConfig
+    test: LabelledImagesConfig
+    c: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
+
+
 class EvalConfig(StrictConfig):
     """Dev sets evaluated during and after training."""
 
     sts: DataConfig | None = None
     retrieval: DataConfig | None = None
     bitext: DataConfig | None = None  # translation pairs: Tatoeba accuracy both ways (cosine)
+    knn: KNNConfig | None = None  # labelled images: weighted k-NN top-1 (top-5)
+    linear_probe: LinearProbeConfig | None = None  # labelled images: linear-probe top-1
     every_steps: int = Field(default=0, ge=0)
     batch_size: int = Field(default=64, gt=0)
     # The final evaluation adds bootstrap intervals at this level (evaluation.bootstrap: 1000

@@ -15,6 +15,8 @@ from contralign.core.items import ImageItem
 from contralign.encoders.model import AlignmentModel
 from contralign.evaluation import (
     Item,
+    KNNEvaluator,
+    LinearProbeEvaluator,
     Sides,
     bitext_from_records,
     evaluate_all,
@@ -26,7 +28,7 @@ from contralign.evaluation import (
     retrieval_from_records,
     sts_from_records,
 )
-from contralign.training.config import EvalConfig
+from contralign.training.config import EvalConfig, KNNConfig, LinearProbeConfig
 
 SAMPLE_PAIRS = 512  # dev pairs embedded at each evaluation (diagnostics/step-N.npz)
 SAMPLE_SEED = 0
@@ -83,11 +85,11 @@ def sample_records(records: Sequence[Any], source: str,
 
 @dataclass
 class DevSets:
-    """The evaluators built from ``eval.sts``, ``eval.retrieval`` and ``eval.bitext`` (records
-    read once), and the geometry diagnostics of one of them: ``eval.retrieval`` if given, else
-    ``eval.sts`` (alignment over its pairs scoring >= 0.8 x the top score, the rest over all
-    sentences), else ``eval.bitext``. ``sample`` holds the diagnostics' sample of pairs (the
-    STS positives only)."""
+    """The evaluators built from ``eval.sts``, ``eval.retrieval``, ``eval.bitext`` (records
+    read once), ``eval.knn`` and ``eval.linear_probe``, and the geometry diagnostics of one of
+    the pair sets: ``eval.retrieval`` if given, else ``eval.sts`` (alignment over its pairs
+    scoring >= 0.8 x the top score, the rest over all sentences), else ``eval.bitext``.
+    ``sample`` holds the diagnostics' sample of pairs (the STS positives only)."""
 
     evaluators: list[Any] = field(default_factory=list)
     sample: DevSample | None = None
@@ -117,7 +119,7 @@ class DevSets:
             if sample is None:
                 geometry = [geometry_from_records(records, batch_size=size)]
                 sample = sample_records(records, "eval.bitext")
-        return cls(evaluators + geometry, sample)
+        return cls(evaluators + classifiers(config) + geometry, sample)
 
     def __bool__(self) -> bool:
         return bool(self.evaluators)
@@ -154,6 +156,30 @@ class DevSets:
             anchors = sides.query.encode(self.sample.anchors, batch_size=batch_size)
             positives = sides.document.encode(self.sample.positives, batch_size=batch_size)
         return _unit(anchors), _unit(positives)
+
+
+def classifiers(config: EvalConfig) -> list[Any]:
+    """The k-NN and linear-probe evaluators of ``eval.knn`` and ``eval.linear_probe``."""
+    from contralign.data.labelled import read_labelled_images
+
+    found: list[Any] = []
+    section: KNNConfig | LinearProbeConfig | None
+    for key, section in (("eval.knn", config.knn), ("eval.linear_probe", config.linear_probe)):
+        if section is None:
+            continue
+        train = read_labelled_images(section.train.path, key=f"{key}.train",
+                                     limit=section.train.limit)
+        test = read_labelled_images(section.test.path, key=f"{key}.test",
+                                    limit=section.test.limit)
+        sets = (train.items, train.labels, test.items, test.labels)
+        if isinstance(section, KNNConfig):
+            found.append(KNNEvaluator(*sets, k=section.k, temperature=section.temperature,
+                                      batch_size=config.batch_size))
+        elif section.c is not None:
+            found.append(LinearProbeEvaluator(*sets, c=section.c, batch_size=config.batch_size))
+        else:
+            found.append(LinearProbeEvaluator(*sets, batch_size=config.batch_size))
+    return found
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
