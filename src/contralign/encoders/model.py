@@ -11,6 +11,11 @@ trains; its features are computed once per item and cached (``FeatureCache``). A
 **momentum copy** of another (``MomentumEncoder``, MoCo arXiv:1911.05722): it embeds without a
 graph and follows its source after each optimiser step.
 
+A tower may have a **training head** (``encoders.heads.ProjectionHead``, SimCLR's ``g``): the
+model applies it to the tower's embedding in ``embed``, so the loss reads it, but it lives beside
+the towers, not in them: ``encode``, dev evaluation and the saved folder give the tower's own
+embedding. A momentum copy's head is a momentum copy of its source's head (MoCo v2).
+
 Saved, a one-tower model is its tower's own folder (a text tower's stays a
 sentence-transformers folder); a model of several towers is one subfolder per online tower plus
 a top-level ``contralign.json`` (``{"model": {"towers": {name: kind}, "roles": {...},
@@ -48,15 +53,18 @@ class AlignmentModel(nn.Module):
             tower that embeds the anchors as targets (distillation).
         frozen: names of towers whose backbone is locked.
         sources: momentum copy's name -> the tower it follows.
+        heads: tower name -> its training head (``(B, D) -> (B, D')``), applied in ``embed``
+            and never saved with the model; a momentum copy's follows its source's.
 
     Raises:
         ValueError: a role naming no tower, a role other than anchor/positive/teacher, a
             teacher that is not locked, a momentum copy that is frozen or follows no tower, or a
-            frozen name that is not a tower.
+            frozen name that is not a tower, or a head for a tower that is not an online one.
     """
 
     def __init__(self, towers: Mapping[str, nn.Module], roles: Mapping[Any, str],
-                 frozen: Iterable[str] = (), sources: Mapping[str, str] | None = None) -> None:
+                 frozen: Iterable[str] = (), sources: Mapping[str, str] | None = None,
+                 heads: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(dict(towers))
         self.roles = dict(roles)
@@ -85,18 +93,21 @@ class AlignmentModel(nn.Module):
                 parameter.requires_grad_(False)
             self.towers[name].eval()  # from the start: its cache must hold eval-mode features
         self.caches = {name: FeatureCache() for name in self.frozen}
+        self.heads = _training_heads(self.towers, self.sources, dict(heads or {}))
 
     @classmethod
     def single(cls, tower: nn.Module, momentum: float | None = None, *,
-               frozen: bool = False) -> AlignmentModel:
+               frozen: bool = False, head: nn.Module | None = None) -> AlignmentModel:
         """One tower for every role; with ``momentum``, positives from a momentum copy (MoCo);
-        ``frozen``: its backbone locked (only its head trains)."""
+        ``frozen``: its backbone locked (only its head trains); ``head``: its training head."""
         locked = [ONE_TOWER] if frozen else []
+        heads = {ONE_TOWER: head} if head is not None else None
         if momentum is None:
-            return cls({ONE_TOWER: tower}, {"anchor": ONE_TOWER, "positive": ONE_TOWER}, locked)
+            return cls({ONE_TOWER: tower}, {"anchor": ONE_TOWER, "positive": ONE_TOWER}, locked,
+                       heads=heads)
         towers = {ONE_TOWER: tower, "momentum": MomentumEncoder(tower, momentum)}
         return cls(towers, {"anchor": ONE_TOWER, "positive": "momentum"}, locked,
-                   sources={"momentum": ONE_TOWER})
+                   sources={"momentum": ONE_TOWER}, heads=heads)
 
     # --- what embeds what -----------------------------------------------------------------
 
@@ -126,6 +137,23 @@ class AlignmentModel(nn.Module):
     def anchor_tower(self) -> Any:
         return self.tower_for("anchor")
 
+    def trained_dim(self, role: str) -> int:
+        """The width of ``role``'s embeddings in training (its head's, else its tower's)."""
+        name = self.tower_name(role)
+        head: Any = self.heads[name] if name in self.heads else None
+        if isinstance(head, MomentumEncoder):
+            head = head.encoder
+        if head is not None:
+            return int(head.out_features)
+        return int(self.side(role).dim)
+
+    def trains(self, name: str) -> bool:
+        """Whether tower ``name``'s embeddings get a gradient: some of its weights or its
+        training head's train, and it is not a momentum copy."""
+        modules = [self.towers[name]] + ([self.heads[name]] if name in self.heads else [])
+        return name not in self.sources and any(
+            p.requires_grad for module in modules for p in module.parameters())
+
     def side(self, role: str) -> Any:
         """The online tower that embeds ``role`` for evaluation and search: a momentum copy's
         source stands for the copy."""
@@ -146,9 +174,13 @@ class AlignmentModel(nn.Module):
         name = self.tower_name(role)
         tower: Any = self.towers[name]
         if name not in self.frozen:
-            return tower(inputs)
-        features = self.caches[name].features(tower, inputs, keys)  # (n, F), no graph
-        return tower.project(features)  # the head, if any, trains
+            embeddings = tower(inputs)  # (n, D)
+        else:
+            features = self.caches[name].features(tower, inputs, keys)  # (n, F), no graph
+            embeddings = tower.project(features)  # the tower's head, if any, trains
+        if name in self.heads:  # the training head: (n, D) -> (n, D')
+            return self.heads[name](embeddings)
+        return embeddings
 
     # --- training -------------------------------------------------------------------------
 
@@ -163,12 +195,16 @@ class AlignmentModel(nn.Module):
         for copy, source in self.sources.items():
             momentum: Any = self.towers[copy]
             momentum.update(self.towers[source])
+            if copy in self.heads:
+                head: Any = self.heads[copy]
+                head.update(self.heads[source])
 
     # --- persistence ----------------------------------------------------------------------
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """A one-tower model: the tower's own folder. Several: a subfolder per online tower
-        and a top-level ``contralign.json``, written atomically."""
+        and a top-level ``contralign.json``, written atomically. Training heads are left
+        out: the folder embeds what the towers embed."""
         online = self.online()
         if len(online) == 1:
             next(iter(online.values())).save(path, extra=extra)
@@ -180,6 +216,24 @@ class AlignmentModel(nn.Module):
                 "towers": {name: tower.kind for name, tower in online.items()},
                 "roles": self.roles, "frozen": sorted(self.frozen)}, **(extra or {})}
             (tmp / MODEL.manifest).write_text(_json(manifest), encoding="utf-8")
+
+
+def _training_heads(towers: nn.ModuleDict, sources: Mapping[str, str],
+                    heads: dict[str, nn.Module]) -> nn.ModuleDict:
+    """The heads by tower name, with a momentum copy of its source's head for each momentum
+    copy whose source has one (the copy's momentum).
+
+    Raises:
+        ValueError: a head for a name that is not an online tower.
+    """
+    if not set(heads) <= set(towers) - set(sources):
+        raise ValueError(f"heads: {sorted(set(heads) - (set(towers) - set(sources)))} are not "
+                         "online towers (a momentum copy's head follows its source's)")
+    for copy, source in sources.items():
+        if source in heads:
+            momentum: Any = towers[copy]
+            heads[copy] = MomentumEncoder(heads[source], momentum.momentum)
+    return nn.ModuleDict(heads)
 
 
 def backbone_parameters(tower: nn.Module) -> list[nn.Parameter]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from contralign.core.errors import ConfigError
+from contralign.encoders.heads import ProjectionHead, has_batchnorm
 from contralign.encoders.loading import Tower, load_tower
 from contralign.encoders.model import AlignmentModel
 from contralign.encoders.momentum import MomentumEncoder
@@ -37,6 +38,13 @@ def build_tower(config: TowerConfig) -> Tower:
     return tower
 
 
+def build_head(config: TowerConfig, tower: Tower) -> ProjectionHead | None:
+    """The training head ``config.head`` asks for on ``tower``'s embedding, if any."""
+    if config.head is None:
+        return None
+    return ProjectionHead(tower.dim, config.head.dims, config.head.batch_norm)
+
+
 def build_encoder(config: TrainConfig) -> Tower:
     """The tower of a one-tower config (``build_model`` for any config)."""
     return build_tower(config.model)
@@ -47,25 +55,34 @@ def build_model(config: TrainConfig, encoder: Tower | None = None) -> AlignmentM
     tower for a one-tower config.
 
     Raises:
-        ConfigError: towers of different widths (the objective compares their embeddings).
+        ConfigError: towers of different widths (the objective compares their embeddings, the
+            saved model the towers' own), or training heads of different widths.
     """
     spec = config.model
     if not spec.towers:
         tower = encoder if encoder is not None else build_tower(spec)
-        return AlignmentModel.single(tower, config.objective.momentum, frozen=spec.frozen)
+        return AlignmentModel.single(tower, config.objective.momentum, frozen=spec.frozen,
+                                     head=build_head(spec, tower))
     towers: dict[str, Any] = {name: build_tower(tower) for name, tower in spec.towers.items()
                               if tower.momentum_of is None}
+    heads = {name: head for name, tower in towers.items()
+             if (head := build_head(spec.towers[name], tower)) is not None}
     dims = {name: tower.dim for name, tower in towers.items()}
+    trained = {name: heads[name].out_features if name in heads else dims[name]
+               for name in towers}
     teacher = spec.roles.get("teacher")
     if teacher is not None:
-        _check_teacher_width(dims, teacher, spec.roles["anchor"])
+        _check_teacher_width(trained, teacher, spec.roles["anchor"])
     if len(set(dims.values())) > 1:
         raise ConfigError(f"model.towers: the towers embed to different widths ({dims}); give "
                           "them a common projection_dim")
+    if len(set(trained.values())) > 1:
+        raise ConfigError(f"model.towers: the training heads make different widths ({trained}); "
+                          "give every trained tower a head of the same last width (head.dims)")
     for name, source in spec.sources.items():
         towers[name] = MomentumEncoder(towers[source], spec.towers[name].momentum)
     frozen = [name for name, tower in spec.towers.items() if tower.frozen]
-    return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources)
+    return AlignmentModel(towers, spec.roles, frozen, sources=spec.sources, heads=heads)
 
 
 def _check_teacher_width(dims: Mapping[str, int], teacher: str, student: str) -> None:
@@ -90,7 +107,7 @@ def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> Contrastiv
         set_length_groups(tower, config.train.tokens_per_group,
                           resolve_device(config.train.device))
     info = OBJECTIVES[config.objective.name]
-    dim = model.anchor_tower.dim
+    dim = model.trained_dim("anchor")  # the training head's width when there is one
     objective = build_objective(config.objective.name, config.objective.params, dim=dim)
     return ContrastiveTask(model, objective, views_only="views" in info.requires,
                            precision=config.train.precision,
@@ -188,10 +205,14 @@ def set_length_groups(encoder: Any, tokens_per_group: int | str | None,
 def batchnorm_towers(model: AlignmentModel) -> list[str]:
     """The towers whose trainable backbone holds BatchNorm layers (a locked one runs in eval
     mode, on its running statistics, and is not listed)."""
-    from torch import nn
-
     return [name for name, tower in model.online().items() if name not in model.frozen
-            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in tower.modules())]
+            and has_batchnorm(tower)]
+
+
+def batchnorm_heads(model: AlignmentModel) -> list[str]:
+    """The towers whose training head holds BatchNorm layers (it trains, locked tower or not)."""
+    return [name for name in model.online() if name in model.heads
+            and has_batchnorm(model.heads[name])]
 
 
 def check_fast_paths(config: TrainConfig, model: AlignmentModel, processes: int) -> None:
@@ -200,18 +221,28 @@ def check_fast_paths(config: TrainConfig, model: AlignmentModel, processes: int)
     statistics, and updates its running statistics once per pass.
 
     Raises:
-        ConfigError: the gradient cache or several processes with a trainable BatchNorm tower.
+        ConfigError: the gradient cache or several processes with a trainable BatchNorm tower
+            or a training head with BatchNorm.
     """
-    towers = batchnorm_towers(model)
-    if not towers:
+    towers, heads = batchnorm_towers(model), batchnorm_heads(model)
+    if not towers and not heads:
         return
-    tower = f"tower {towers[0]}" if config.model.towers else "the tower"
+    many = bool(config.model.towers)
+    if towers:
+        tower = f"tower {towers[0]}" if many else "the tower"
+    else:  # the head's own key names it
+        tower = f"model.towers.{heads[0]}.head" if many else "model.head"
     why = (f"{tower} has BatchNorm layers and trains: they normalise with the statistics of the "
            "rows they see")
     if config.train.grad_cache.enabled:
         raise ConfigError(f"train.grad_cache: {why}, so each chunk would be normalised "
-                          "differently from the whole batch; lock the tower (frozen: true) or "
-                          "turn the cache off")
+                          "differently from the whole batch; "
+                          f"{_fix(bool(towers))} or turn the cache off")
     if processes > 1:
         raise ConfigError(f"torchrun: {why}, so each process would normalise only its own rows; "
-                          "lock the tower (frozen: true) or train in one process")
+                          f"{_fix(bool(towers))} or train in one process")
+
+
+def _fix(tower: bool) -> str:
+    """How to keep BatchNorm off the trained rows: lock the tower, or drop the head's."""
+    return "lock the tower (frozen: true)" if tower else "set head.batch_norm: false"

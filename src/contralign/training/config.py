@@ -23,6 +23,19 @@ MAX_LENGTH_LIMIT = 131_072
 RoleName = Literal["anchor", "positive", "teacher"]
 
 
+class HeadConfig(StrictConfig):
+    """A training-only projection head on a tower's embedding (``encoders.heads``): the loss
+    reads it, the saved model, ``encode`` and dev evaluation do not (SimCLR's ``g``).
+
+    ``dims``: the hidden widths then the output width (``[2048, 128]``: Linear, BatchNorm,
+    ReLU, Linear; ``[128]``: one linear layer). ``batch_norm``: after each hidden layer
+    (SimCLR: true; MoCo v2: false).
+    """
+
+    dims: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    batch_norm: bool = True
+
+
 class TowerConfig(StrictConfig):
     """One tower. Unset fields keep the model folder's own settings.
 
@@ -30,7 +43,9 @@ class TowerConfig(StrictConfig):
     cached per item; its projection head (``projection_dim``), if any, trains.
     ``freeze_embeddings`` locks only a text tower's token embedding matrix. ``momentum_of``
     makes the tower a momentum copy of another tower (MoCo keys), moved by ``momentum`` after
-    each step; a copy takes no other key.
+    each step; a copy takes no other key (its training head copies its source's). ``head``: a
+    training-only head (``HeadConfig``), dropped when the model is saved; ``projection_dim`` is
+    the linear head saved with the tower.
     """
 
     name: str = DEFAULT_MODEL
@@ -46,6 +61,7 @@ class TowerConfig(StrictConfig):
     freeze_embeddings: bool = False
     momentum_of: str | None = None
     momentum: float = Field(default=0.999, ge=0, le=1)
+    head: HeadConfig | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The settings that replace the folder's (those set, of the tower's own keys)."""
@@ -120,6 +136,9 @@ def _check_teacher(roles: dict[RoleName, str], towers: dict[str, TowerConfig]) -
     if tower.momentum_of is not None or not tower.frozen:
         raise ValueError(f"towers.{name}.frozen: the teacher's tower must be locked "
                          "(frozen: true, not a momentum copy)")
+    if tower.head is not None:
+        raise ValueError(f"towers.{name}.head: a teacher's embeddings are the targets as they "
+                         "are; it takes no training head")
     if tower.projection_dim is not None:
         raise ValueError(f"towers.{name}.projection_dim: a teacher's embeddings are the targets "
                          "as they are; give the student the teacher's width instead "

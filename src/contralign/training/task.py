@@ -35,7 +35,7 @@ class Role:
         tower: the model role whose tower embeds it: ``"anchor"``, ``"positive"`` or
             ``"teacher"``.
         trainable: it gets a gradient; False for a momentum copy's keys (MoCo) and a locked
-            tower without a head: embedded without a graph.
+            tower without a head (nor a training head): embedded without a graph.
         keys: ``(B,)`` int64 item ids (a locked tower's feature cache), or None.
     """
 
@@ -135,10 +135,7 @@ class ContrastiveTask(nn.Module):
                 for name, inputs, tower in named]
 
     def _trainable(self, tower_role: str) -> bool:
-        name = self.model.tower_name(tower_role)
-        tower = self.model.towers[name]
-        return any(p.requires_grad for p in tower.parameters()) and \
-            not self.model.is_momentum(tower_role)
+        return self.model.trains(self.model.tower_name(tower_role))
 
     def embed_role(self, role: Role, rows: Tensor | slice | None = None) -> Tensor:
         """``(n, D)`` float32 embeddings of ``role``'s ``rows`` (default: all of them)."""
