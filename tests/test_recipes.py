@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from contralign.cli.app import app
 from contralign.core.config import load_config
+from contralign.data.image_views import is_image_view
 from contralign.encoders.model import backbone_parameters
 from contralign.objectives import OBJECTIVES
 from contralign.training.build import build_model, build_task
@@ -37,7 +38,14 @@ def _teacher(recipe: Any) -> bool:
     return "teacher" in yaml.safe_load(recipe.path.read_text())["model"].get("roles", {})
 
 
-TEXT_RECIPES = [r for r in RECIPES if not _towers(r)]
+def _image_views(recipe: Any) -> bool:
+    """A self-supervised image recipe: one image tower and image views (tests/test_image_recipes.py
+    runs them end to end)."""
+    views = yaml.safe_load(recipe.path.read_text()).get("views") or [{}]
+    return is_image_view(views[0].get("name"))
+
+
+TEXT_RECIPES = [r for r in RECIPES if not _towers(r) and not _image_views(r)]
 IMAGE_RECIPES = [r for r in RECIPES if _towers(r) and not _teacher(r)]
 TEACHER_RECIPES = [r for r in RECIPES if _teacher(r)]
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron".split()
@@ -228,6 +236,8 @@ def _stand_ins(recipe: Any, tiny_model_dir: Path) -> list[str]:
         return [*_tiny_teacher_and_student(recipe, tiny_model_dir), "data.path=unused.jsonl"]
     if _towers(recipe):
         return [*_text_stand_in(recipe, tiny_model_dir), "data.path=unused.npz"]
+    if _image_views(recipe):  # the recipe's own from-scratch image tower
+        return ["data.path=unused.npz"]
     return [f"model.name={tiny_model_dir}", "data.path=unused.jsonl"]
 
 
@@ -268,10 +278,12 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
         for tower in towers.values():
             tower["projection_dim"] = 96  # a common width, changed from every recipe's
             tower["frozen"] = not tower.get("frozen", False)
+    elif _image_views(recipe):  # the image tower as it is, a head of another width
+        changed["model"]["projection_dim"] = changed["model"]["projection_dim"] // 2
     else:
         changed["model"]["name"] = str(tiny_model_dir)
         changed["model"]["max_length"] = changed["model"].get("max_length", 64) // 2
-    changed["data"]["path"] = "unused.jsonl"
+    changed["data"]["path"] = "unused.npz" if _image_views(recipe) else "unused.jsonl"
     objective = changed["objective"]
     accepted = OBJECTIVES[objective["name"]].parameters()
     for key, value in objective.items():
