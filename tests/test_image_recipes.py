@@ -43,7 +43,7 @@ def tiny_sets(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.mark.parametrize("recipe", IMAGE_SSL, ids=[r.name for r in IMAGE_SSL])
 def test_image_recipe_trains_end_to_end(recipe, tiny_sets: dict[str, Path], tmp_path: Path):
-    overrides = ["model.name=resnet18-cifar-w4", "model.projection_dim=16",
+    overrides = ["model.name=resnet18-cifar-w4", "model.head.dims=[32, 16]",
                  "train.batch_size=8", "train.max_steps=2", "train.log_every=1",
                  f"eval.knn.train.path={tiny_sets['bank']}",
                  f"eval.knn.test.path={tiny_sets['test']}", "eval.knn.k=5",
@@ -59,6 +59,7 @@ def test_image_recipe_trains_end_to_end(recipe, tiny_sets: dict[str, Path], tmp_
     evaluations = [line["eval"] for line in lines if "eval" in line]
     # the dev evaluator ran on the untrained tower (step 0) and on the trained one
     assert len(evaluations) == 2 and all(0.0 <= e["knn/top1"] <= 1.0 for e in evaluations)
+    # the training head is not saved: the tower embeds with its own features (8 x width 4)
     tower = load_tower(tmp_path / "run")
     with np.load(tiny_sets["test"]) as data:
-        assert tower.encode(list(data["images"][:3])).shape == (3, 16)
+        assert tower.encode(list(data["images"][:3])).shape == (3, 32)

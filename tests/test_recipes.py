@@ -196,6 +196,12 @@ def _assert_settings_reach_the_run(settings: dict[str, Any], config: TrainConfig
             if key == "frozen":
                 assert (name in model.frozen) == value, f"model.towers.{name}.frozen"
                 assert all(not p.requires_grad for p in backbone_parameters(tower)) == value
+            elif key == "head":  # the training head: an MLP to dims[-1], BatchNorm or none
+                head = model.heads[name]
+                linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+                assert [m.out_features for m in linears] == value["dims"], "model.head.dims"
+                assert any(isinstance(m, nn.BatchNorm1d) for m in head.modules()) == \
+                    value.get("batch_norm", True), "model.head.batch_norm"
             elif key == "freeze_embeddings":
                 embeddings = tower.model.get_input_embeddings().weight
                 assert embeddings.requires_grad != value, f"model.{key}"
@@ -278,8 +284,10 @@ def test_changed_recipe_settings_reach_the_objective_and_optimiser(recipe, tiny_
         for tower in towers.values():
             tower["projection_dim"] = 96  # a common width, changed from every recipe's
             tower["frozen"] = not tower.get("frozen", False)
-    elif _image_views(recipe):  # the image tower as it is, a head of another width
-        changed["model"]["projection_dim"] = changed["model"]["projection_dim"] // 2
+    elif _image_views(recipe):  # the image tower as it is, another training head
+        head = changed["model"]["head"]
+        head["dims"] = [width // 2 for width in head["dims"]]
+        head["batch_norm"] = not head["batch_norm"]
     else:
         changed["model"]["name"] = str(tiny_model_dir)
         changed["model"]["max_length"] = changed["model"].get("max_length", 64) // 2
