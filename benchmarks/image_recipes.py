@@ -4,7 +4,10 @@ same architecture: weighted kNN (k 200, T 0.1) of held-out test images against t
 ``prepare`` writes what the recipes' runs need from Debian's ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``): the 60,000 training images and labels as an ``.npz``
 (``contralign train`` reads ``.npz``, not IDX), and a randomly initialised tower
-(``torch.manual_seed(0)``) saved as a model folder, for ``contralign eval --knn``. Then, for
+(``torch.manual_seed(0)``) saved as a model folder, for ``contralign eval --knn``: the recipes'
+training head is not saved, so the trained tower and the random one both give the ResNet's own
+features (``--projection-dim N`` adds a saved linear head, for runs that set
+``model.projection_dim``). Then, for
 each recipe (the commands it prints)::
 
     contralign train simclr-images --data OUT/fashion-mnist-train.npz -o runs/simclr-images
@@ -13,7 +16,7 @@ each recipe (the commands it prints)::
         --test /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --test-limit 1000
 
     python benchmarks/image_recipes.py prepare [--out /tmp/image-recipes]
-        [--architecture resnet18-cifar-w16] [--projection-dim 128]
+        [--architecture resnet18-cifar-w16] [--projection-dim N]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 TRAIN, TEST = FASHION / "train-images-idx3-ubyte.gz", FASHION / "t10k-images-idx3-ubyte.gz"
 
 
-def prepare(out: Path, architecture: str, projection_dim: int) -> tuple[Path, Path]:
+def prepare(out: Path, architecture: str, projection_dim: int | None) -> tuple[Path, Path]:
     """Write the training ``.npz`` and the random tower under ``out``; return their paths."""
     import numpy as np
     import torch
@@ -40,7 +43,8 @@ def prepare(out: Path, architecture: str, projection_dim: int) -> tuple[Path, Pa
         images, labels = read_idx_labelled(TRAIN)  # (60000, 28, 28) uint8, (60000,) int64
         np.savez(data, images=images, labels=labels)
     torch.manual_seed(0)
-    random = out / f"random-{architecture}"
+    suffix = f"-p{projection_dim}" if projection_dim else ""
+    random = out / f"random-{architecture}{suffix}"
     ImageTower(architecture, ImageTowerConfig(projection_dim=projection_dim)).save(random)
     return data, random
 
@@ -50,7 +54,7 @@ def main() -> None:
     parser.add_argument("command", choices=["prepare"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/image-recipes"))
     parser.add_argument("--architecture", default="resnet18-cifar-w16")
-    parser.add_argument("--projection-dim", type=int, default=128)
+    parser.add_argument("--projection-dim", type=int, default=None)
     args = parser.parse_args()
     if not TRAIN.is_file():
         sys.exit(f"{TRAIN} is absent: apt-get install dataset-fashion-mnist")
