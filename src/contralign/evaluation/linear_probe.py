@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from contralign.evaluation.knn import FrozenFeatureClassifier, Label
 from contralign.evaluation.protocol import Item
@@ -99,6 +98,8 @@ def fit_linear_probe(
     if not c > 0 or max_iter < 1:
         raise ValueError(f"c must be positive and max_iter at least 1, got c={c}, "
                          f"max_iter={max_iter}")
+    import torch  # here: `import contralign.evaluation` stays free of torch
+
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
@@ -111,7 +112,7 @@ def fit_linear_probe(
                                   tolerance_grad=tolerance, tolerance_change=1e-12,
                                   history_size=20, line_search_fn="strong_wolfe")
 
-    def objective() -> torch.Tensor:
+    def objective() -> Any:
         optimizer.zero_grad()
         logits = inputs @ weight.T + bias  # (N, C)
         loss = torch.nn.functional.cross_entropy(logits, targets) + penalty * weight.square().sum()
