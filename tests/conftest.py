@@ -74,3 +74,15 @@ def one_line_error(result, exit_code: int = 2) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 real CIFAR-10 images (every 70th of part a) and their labels, as an .npz."""
+    import numpy as np
+
+    with np.load(shared_data / "images" / "cifar10-part-a.npz") as data:
+        images, labels = data["images"][::70][:64], data["labels"][::70][:64]
+    path = tmp_path_factory.mktemp("cifar") / "tiny.npz"
+    np.savez(path, images=images, labels=labels)
+    return path

@@ -45,15 +45,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """64 real CIFAR-10 images."""
-    with np.load(shared_data / "images" / "cifar10-part-a.npz") as data:
-        images, labels = data["images"][::70][:64], data["labels"][::70][:64]
-    path = tmp_path_factory.mktemp("head") / "tiny.npz"
-    np.savez(path, images=images, labels=labels)
-    return path
-
 
 def config_of(data: Path, out: Path, model: dict, **train: object) -> dict:
     return {"model": model, "data": {"path": str(data)},

@@ -25,15 +25,6 @@ from contralign.training.config import TrainConfig
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """64 real CIFAR-10 images and their labels (which nt_xent ignores)."""
-    with np.load(shared_data / "images" / "cifar10-part-a.npz") as data:
-        images, labels = data["images"][::70][:64], data["labels"][::70][:64]
-    path = tmp_path_factory.mktemp("ssl") / "tiny.npz"
-    np.savez(path, images=images, labels=labels)
-    return path
-
 
 def ssl_config(data: Path, out: Path, *, model: str = "resnet18-cifar-w8",
                views: list[dict] | None = None, **train: object) -> dict:
