@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from contralign.cli.app import app
 from contralign.core.errors import DataError
-from contralign.report.analysis import example_anchors, map_2d, neighbours, pair_cosines
+from contralign.report.analysis import example_anchors, map_2d, neighbours
 from contralign.report.build import FIGURES, figure_path, is_our_png, png_text
 from contralign.report.figures import grid_shape, smooth
 from contralign.report.runs import Snapshot, read_run
+from contralign.training.layout import pair_cosines
 
 runner = CliRunner()
 CONFIG = "model:\n  name: tiny <script>alert(1)</script>\nobjective:\n  name: info_nce\n"
@@ -296,7 +297,7 @@ def _snapshot(n: int = 12, d: int = 8, seed: int = 0) -> Snapshot:
 
 def test_pair_cosines_match_a_loop():
     snap = _snapshot()
-    pos, neg = pair_cosines(snap)
+    pos, neg = pair_cosines(snap.anchors, snap.positives)
     n = len(snap.anchors)
     cos = lambda i, j: float(np.dot(snap.anchors[i], snap.positives[j]))  # noqa: E731
     assert pos == pytest.approx([cos(i, i) for i in range(n)], abs=1e-6)

@@ -17,18 +17,6 @@ from contralign.report.runs import Snapshot
 MapMethod = Literal["pca", "umap"]
 
 
-def pair_cosines(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity of the positive pairs and of every other (anchor, positive) pair.
-
-    Returns:
-        ``(positives, negatives)``: ``(n,)`` the diagonal of ``anchors @ positives.T``, and
-        ``(n * (n - 1),)`` its off-diagonal entries (the negatives of an in-batch objective).
-    """
-    scores = snapshot.anchors.astype(np.float64) @ snapshot.positives.T.astype(np.float64)
-    n = scores.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    return np.diag(scores).copy(), scores[off]
-
 
 def umap_available() -> bool:
     """Whether the ``umap`` package (umap-learn) is installed; contralign never installs it."""

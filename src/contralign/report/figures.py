@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from contralign.report.analysis import MapMethod, map_2d, pair_cosines
+from contralign.report.analysis import MapMethod, map_2d
 from contralign.report.runs import Run
+from contralign.training.layout import pair_cosines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -230,8 +231,9 @@ def similarity_histograms(runs: Sequence[Run]) -> Figure:
     training: the two distributions behind alignment and uniformity. Densities, so that n
     positives and n(n-1) negatives share an axis."""
     fig, axes = _figure(1, 2)
-    cosines = {(which, i): pair_cosines(run.snapshots[0 if which == "before" else -1])
-               for which in ("before", "after") for i, run in enumerate(runs) if run.snapshots}
+    cosines = {(which, i): pair_cosines(snap.anchors, snap.positives)
+               for which in ("before", "after") for i, run in enumerate(runs) if run.snapshots
+               for snap in [run.snapshots[0 if which == "before" else -1]]}
     low = min(min(pos.min(), neg.min()) for pos, neg in cosines.values())
     low = max(-1.0, np.floor(low * 10) / 10 - 0.1)  # the range both panels share
     for ax, which in zip(axes.flat, ("before", "after"), strict=True):

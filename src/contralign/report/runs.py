@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -25,13 +24,15 @@ import yaml
 
 from contralign.core.errors import DataError
 from contralign.core.outputs import RUN, is_owned
-
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
-ENVIRONMENT_FILE = "environment.json"
-DIAGNOSTICS = "diagnostics"
-SAMPLE_FILE = "sample.json"
-_SNAPSHOT = re.compile(r"step-(\d+)\.npz")
+from contralign.training.layout import (
+    CONFIG_FILE,
+    DIAGNOSTICS_DIR,
+    ENVIRONMENT_FILE,
+    METRICS_FILE,
+    SAMPLE_FILE,
+    SNAPSHOT,
+    is_run,
+)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def read_run(path: str | Path) -> Run:
     if not folder.is_dir():
         raise DataError(folder, None, None, "not found, or not a folder (a run directory "
                         "holds run.json, config.yaml and metrics.jsonl)")
-    if not _is_run(folder):
+    if not is_run(folder):
         raise DataError(folder, None, None, "not a contralign run directory (no run.json, "
                         "nor config.yaml with a model or checkpoints)")
     manifest = _read_json_object(folder / RUN.manifest) if is_owned(folder, RUN) else {}
@@ -126,20 +127,12 @@ def read_run(path: str | Path) -> Run:
         run.environment = _read_json_object(folder / ENVIRONMENT_FILE)
     if (folder / METRICS_FILE).is_file():
         run.train, run.evals = read_metrics(folder / METRICS_FILE)
-    diagnostics = folder / DIAGNOSTICS
+    diagnostics = folder / DIAGNOSTICS_DIR
     if (diagnostics / SAMPLE_FILE).is_file():
         run.sample = read_sample(diagnostics / SAMPLE_FILE)
         run.snapshots = read_snapshots(diagnostics, len(run.sample.anchors))
     return run
 
-
-def _is_run(folder: Path) -> bool:
-    """A run of ours: a ``run.json``, or a run from before it (``config.yaml`` beside
-    ``checkpoints/`` or a model folder of ours), as ``training.rundir`` recognises one."""
-    if is_owned(folder, RUN):
-        return True
-    return (folder / CONFIG_FILE).is_file() and (
-        (folder / "checkpoints").is_dir() or (folder / "model" / "contralign.json").is_file())
 
 
 def _read_text(path: Path) -> str:
@@ -268,7 +261,7 @@ def read_snapshots(folder: Path, n: int) -> list[Snapshot]:
             ``positives`` with finite values, or that needs pickle to read.
     """
     steps = sorted(int(m.group(1)) for p in folder.iterdir()
-                   if (m := _SNAPSHOT.fullmatch(p.name)) and p.is_file())
+                   if (m := SNAPSHOT.fullmatch(p.name)) and p.is_file())
     chosen = sorted({steps[0], steps[-1]}) if steps else []
     return [_read_snapshot(folder / f"step-{step}.npz", step, n) for step in chosen]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,10 @@ from contralign.core.io import atomic_file, atomic_write_json
 from contralign.encoders.model import AlignmentModel
 from contralign.training.config import TrainConfig
 from contralign.training.dev import DevSets
+from contralign.training.layout import DIAGNOSTICS_DIR, SAMPLE_FILE, SNAPSHOT, pair_cosines
 from contralign.training.rundir import log_metrics
 
-DIAGNOSTICS_DIR = "diagnostics"
-SAMPLE_FILE = "sample.json"
 TENSORBOARD_DIR = "tensorboard"
-SNAPSHOT = re.compile(r"step-(\d+)\.npz")
 
 
 def check_loggers(config: TrainConfig) -> None:
@@ -157,13 +154,6 @@ class RunMonitor:
             self.writer.close()
             self.writer = None
 
-
-def pair_cosines(anchors: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cosines of the ``n`` positive pairs ``(n,)`` and of the ``n (n - 1)`` other
-    (anchor, positive) combinations ``(n (n - 1),)``, from unit rows ``(n, D)``."""
-    similarity = anchors.astype(np.float64) @ positives.astype(np.float64).T  # (n, n)
-    off_diagonal = ~np.eye(len(similarity), dtype=bool)
-    return np.diag(similarity).copy(), similarity[off_diagonal]
 
 
 def snapshots(folder: Path) -> list[tuple[int, Path]]:

@@ -55,12 +55,10 @@ from contralign.core.outputs import (
 )
 from contralign.data import Record, record_fingerprint
 from contralign.training.config import TrainConfig
+from contralign.training.layout import CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, is_run
 
 Mode = Literal["fresh", "overwrite", "resume"]
 RUN_FORMAT = 1
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.yaml"
-ENVIRONMENT_FILE = "environment.json"
 # Keys a resumed run may change: how long it trains (extend it), how often it logs, evaluates
 # and checkpoints, and its CPU threads. Anything else would make the resumed run a different run
 # from the one its checkpoints belong to. (output_dir: the same folder, perhaps spelled another
@@ -213,7 +211,7 @@ def check_resumable(target: Path, config: TrainConfig) -> None:
     Raises:
         ContralignError: no run at ``target``, an unreadable stored config, or changed keys.
     """
-    if not _is_run(target):
+    if not is_run(target):
         raise ContralignError(f"--resume: nothing to resume: {target} holds no contralign run "
                               "(drop --resume to start one)")
     stored_path = target / CONFIG_FILE
@@ -335,16 +333,6 @@ def records_sha256(records: Sequence[Record]) -> str:
 def _staging_name(target: Path) -> str:
     return f".{target.name}.partial"
 
-
-def _is_run(folder: Path) -> bool:
-    """Ours: a run.json, or a run from before run.json (config.yaml and checkpoints or a
-    model folder of ours)."""
-    if is_owned(folder, RUN):
-        return True
-    legacy = (folder / CONFIG_FILE).is_file() and ((folder / "checkpoints").is_dir()
-                                                   or (folder / "model" / "contralign.json")
-                                                   .is_file())
-    return folder.is_dir() and legacy
 
 
 def _make_staging(run: RunDir) -> None:
