@@ -56,10 +56,10 @@ from contralign.training.distributed import (
     resolve_device,
     sync_random_state,
 )
+from contralign.training.layout import METRICS_FILE
 from contralign.training.monitor import RunMonitor, check_loggers, objective_temperature
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.rundir import (
-    METRICS_FILE,
     RunDir,
     check_not_finished,
     check_same_data,
