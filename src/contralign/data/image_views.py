@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from contralign.data import view_draws as draws
 from contralign.data.batching import Position, Preprocess, caption_items, preprocessor_for
 from contralign.data.records import Item, Record
 from contralign.data.views import view_rng
@@ -47,8 +48,7 @@ from contralign.data.views import view_rng
 # Views of at most this many pixels a side skip the blur when the preset's ``blur`` is unset
 # (SimCLR drops it for CIFAR's 32 px).
 SMALL_IMAGE = 32
-ASPECT = (3.0 / 4.0, 4.0 / 3.0)
-SIGMA = (0.1, 2.0)
+ASPECT = draws.ASPECT
 
 
 @runtime_checkable
@@ -239,31 +239,29 @@ def _check(view: str, key: str, value: Any) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _pipeline(view: ImageView, side: int) -> tuple[Any, ...]:
-    """The kornia modules of ``view`` at ``side`` pixels, in the order they apply (one set per
-    process: kornia is imported here, in the DataLoader worker that uses it)."""
+def _pipeline(view: ImageView, side: int) -> dict[str, Any]:
+    """The kornia modules of ``view`` at ``side`` pixels by step, in the order they apply (one
+    set per process: kornia is imported here, in the DataLoader worker that uses it). A step
+    that never applies is left out."""
     import kornia.augmentation as K
 
     kernel = max(3, int(0.1 * side) // 2 * 2 + 1)  # odd, ~10% of the side (23 at 224 px)
-    steps = (
-        K.RandomHorizontalFlip(p=view.flip),
-        K.ColorJitter(*view.jitter, p=view.jitter_p),
-        K.RandomGrayscale(p=view.grayscale),
-        K.RandomGaussianBlur((kernel, kernel), SIGMA, p=view.blur_for(side)),
-        K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize),
-    )
-    # A step that never applies draws nothing and costs nothing.
+    steps = {"flip": K.RandomHorizontalFlip(p=view.flip),
+             "jitter": K.ColorJitter(*view.jitter, p=view.jitter_p),
+             "grayscale": K.RandomGrayscale(p=view.grayscale),
+             "blur": K.RandomGaussianBlur((kernel, kernel), draws.SIGMA, p=view.blur_for(side)),
+             "solarize": K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize)}
     crop = K.RandomResizedCrop((side, side), scale=view.scale, ratio=ASPECT,
                                cropping_mode="resample")
-    return (crop, *(step for step in steps if step.p > 0))
+    return {"crop": crop, **{name: step for name, step in steps.items() if step.p > 0}}
 
 
 def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
     """One view of each image: ``(B, 3, S, S)`` in [0, 1] -> ``(B, 3, s, s)`` in [0, 1].
 
-    Image ``i``'s parameters are drawn with torch seeded by ``seeds[i]`` (torch's own random
-    state is restored afterwards), so an image's view depends only on it and its seed, not on
-    the rest of the batch.
+    Image ``i``'s parameters are drawn from uniforms seeded by ``seeds[i]`` (``view_draws``;
+    torch's own random state is not touched), so an image's view depends only on it and its
+    seed, not on the rest of the batch.
 
     Raises:
         ValueError: as many seeds as images are needed.
@@ -271,46 +269,33 @@ def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
     if len(seeds) != pixels.shape[0]:
         raise ValueError(f"augment: {pixels.shape[0]} images but {len(seeds)} seeds")
     side = view.side(pixels.shape[-1])
-    modules = _pipeline(view, side)
-    shape = torch.Size([1, *pixels.shape[1:]])
-    drawn: list[list[dict[str, Tensor]]] = [[] for _ in modules]
-    with torch.random.fork_rng(devices=[]):
-        for seed in seeds:
-            torch.manual_seed(seed)
-            for m, module in enumerate(modules):
-                # Each module's input shape: the crop changes the side (all later ones see it).
-                drawn[m].append(module.forward_parameters(
-                    shape if m == 0 else torch.Size([1, shape[1], side, side])))
+    u = draws.uniforms(seeds)  # (B, UNIFORMS)
     out = pixels
-    for module, params in zip(modules, drawn, strict=True):
-        out = _apply(module, out, params)
+    for name, module in _pipeline(view, side).items():
+        if name == "jitter":
+            out = _jitter(module, out, *draws.jitter_params(u, view))
+            continue
+        params = (draws.crop_params(u, view, pixels.shape[-1], side) if name == "crop" else
+                  draws.STEPS[name](u, module.p))
+        out = module(out, params=_shaped(params, out.shape))
     return out.clamp_(0.0, 1.0)
 
 
-def _apply(module: Any, x: Tensor, per_image: list[dict[str, Tensor]]) -> Tensor:
-    """``module`` on the batch ``x`` with each image's own parameters. Colour jitter draws one
-    order of its four adjustments per call: rows are grouped by the order they drew."""
-    if not per_image:
-        return x
-    if "order" not in per_image[0]:
-        return module(x, params=_stack(per_image, x.shape))
+def _jitter(module: Any, x: Tensor, params: dict[str, Tensor], orders: Tensor) -> Tensor:
+    """Colour jitter with each image's own order of its four adjustments: kornia takes one
+    order per call, so rows are grouped by the order they drew (``orders`` ``(B, 4)``)."""
     out = torch.empty_like(x)
-    orders = [tuple(p["order"].tolist()) for p in per_image]
-    for order in dict.fromkeys(orders):
-        rows = [i for i, o in enumerate(orders) if o == order]
-        params = _stack([per_image[i] for i in rows], x[rows].shape)
-        params["order"] = per_image[rows[0]]["order"]
-        out[rows] = module(x[rows], params=params)
+    for order in orders.unique(dim=0):
+        rows = (orders == order).all(dim=1).nonzero().squeeze(1)
+        group = {key: value[rows] for key, value in params.items()}
+        group["order"] = order
+        out[rows] = module(x[rows], params=_shaped(group, x[rows].shape))
     return out
 
 
-def _stack(per_image: list[dict[str, Tensor]], shape: torch.Size) -> dict[str, Tensor]:
-    """One parameter dict for a batch from each image's (all keys with a batch dimension of 1,
-    but the input shape, which is the batch's)."""
-    params = {key: torch.cat([p[key] for p in per_image]) for key in per_image[0]
-              if key not in ("forward_input_shape", "order")}
-    params["forward_input_shape"] = torch.tensor(list(shape), dtype=torch.long)
-    return params
+def _shaped(params: dict[str, Tensor], shape: torch.Size) -> dict[str, Tensor]:
+    """``params`` with the input shape kornia records beside them."""
+    return {**params, "forward_input_shape": torch.tensor(list(shape), dtype=torch.long)}
 
 
 # --- the views hook ---------------------------------------------------------------------------
