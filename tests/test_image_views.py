@@ -19,7 +19,7 @@ from contralign.data.image_views import (
     build_image_views,
     make_image_views,
 )
-from contralign.encoders.image import ImageTower
+from contralign.encoders.image import ImageTower, ImageTowerConfig
 from contralign.encoders.imaging import ImagePreprocessor
 from contralign.encoders.resnet import CIFAR_MEAN, CIFAR_STD
 from contralign.training.config import TrainConfig
@@ -143,6 +143,13 @@ def test_the_resnet_tower_embeds_views_of_any_side():
     tower.eval()
     for side in (14, 32, 48):
         assert tower({"pixel_values": torch.rand(2, 3, side, side)}).shape == (2, 64)
+    # Fashion-MNIST at its own 28 px: the ResNet downsamples 8-fold, so 8 px is its least side.
+    native = ImageTower("resnet18-cifar-w8", ImageTowerConfig(image_size=28))
+    assert native.preprocessor.pixels(
+        [np.zeros((28, 28), dtype=np.uint8)] * 2).shape == (2, 3, 28, 28)
+    with pytest.raises(ConfigError, match=r"model.image_size: must be at least 8 for "
+                       r"resnet18-cifar-w8 .*, got 4"):
+        ImageTower("resnet18-cifar-w8", ImageTowerConfig(image_size=4))
 
 
 def _config(views: list[dict], model: str = "resnet18-cifar-w8") -> TrainConfig:

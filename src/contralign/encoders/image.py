@@ -67,7 +67,8 @@ EVAL_ROWS = 16
 # Above this many images, encode() shows a progress bar unless told otherwise (about a minute
 # of EfficientNet-Lite0 at 224 px on two CPU cores).
 PROGRESS_THRESHOLD = 256
-MIN_IMAGE_SIZE = 32  # the backbones downsample 32-fold
+MIN_IMAGE_SIZE = 32  # EfficientNet and timm's backbones downsample 32-fold
+RESNET_MIN_SIZE = 8  # the CIFAR ResNet 8-fold
 _WEIGHTS_FILE = "model.safetensors"
 _LITE0_WIDTH = 1280
 _LITE0_SIZE = 224
@@ -95,9 +96,8 @@ class ImageTowerConfig:
         if self.projection_dim is not None and self.projection_dim < 1:
             raise ConfigError(f"model.projection_dim: must be at least 1, got "
                               f"{self.projection_dim}")
-        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(f"model.image_size: must be at least {MIN_IMAGE_SIZE} (the "
-                              f"backbone downsamples 32-fold), got {self.image_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"model.image_size: must be at least 1, got {self.image_size}")
 
 
 @dataclass
@@ -374,6 +374,12 @@ def _check_weights(module: nn.Module, state: dict[str, Tensor], source: str,
 
 
 def _build_backbone(architecture: str, image_size: int | None) -> _Backbone:
+    # The CIFAR ResNet downsamples 8-fold (Fashion-MNIST's 28 px go through as they are), the
+    # others 32-fold.
+    minimum = RESNET_MIN_SIZE if resnet_width(architecture) is not None else MIN_IMAGE_SIZE
+    if image_size is not None and image_size < minimum:
+        raise ConfigError(f"model.image_size: must be at least {minimum} for {architecture} (the "
+                          f"backbone downsamples {minimum}-fold), got {image_size}")
     if architecture == DEFAULT_IMAGE_MODEL:
         return _lite0(image_size or _LITE0_SIZE)
     width = resnet_width(architecture)
