@@ -83,17 +83,23 @@ def _naive_scores(z: Tensor, prototypes: Tensor) -> list[list[Tensor]]:
 
 
 def naive_swav_loss(views: list[Tensor], prototypes: Tensor, temperature: float,
-                    epsilon: float, iterations: int) -> Tensor:
-    """mean_i mean_{v≠i} −mean_b Σ_k q^i_bk log softmax_k(s^v_b / τ), q^i = Sinkhorn(s^i)."""
+                    epsilon: float, iterations: int, assign: int | None = None,
+                    queues: list[Tensor] | None = None) -> Tensor:
+    """mean_{i<A} mean_{v≠i} −mean_b Σ_k q^i_bk log softmax_k(s^v_b / τ), q^i = Sinkhorn(s^i)
+    (over the rows of ``queues[i]`` stacked above the batch's, keeping the batch's rows)."""
     scores = [_naive_scores(z, prototypes) for z in views]
+    assign = len(views) if assign is None else assign
     codes = []
-    for view_scores in scores:
-        detached = torch.tensor([[float(s.detach()) for s in row] for row in view_scores],
-                                dtype=torch.float64)
-        codes.append(naive_sinkhorn(detached, epsilon, iterations))
+    for i in range(assign):
+        rows = [[float(s.detach()) for s in row] for row in scores[i]]
+        if queues is not None:
+            rows = [[float(s) for s in row]
+                    for row in _naive_scores(queues[i], prototypes.detach())] + rows
+        full = naive_sinkhorn(torch.tensor(rows, dtype=torch.float64), epsilon, iterations)
+        codes.append(full[-len(scores[i]):])
     total = torch.zeros((), dtype=torch.float64)
     pairs = 0
-    for i in range(len(views)):
+    for i in range(assign):
         for v in range(len(views)):
             if v == i:
                 continue

@@ -346,6 +346,57 @@ def test_swav_module_uses_views_when_present() -> None:
     assert_close(module(Embedded(views[:, 0], views=views)), expected)
 
 
+def test_swav_codes_of_the_global_views_only_match_naive() -> None:
+    views = [randn(6, 5, seed=v) for v in range(4)]  # 2 global + 2 local crops
+    prototypes = unit_rows(4, 5, seed=9).requires_grad_()
+    fast = swav_multi_view_loss(torch.stack(views, dim=1), prototypes, assign=2)
+    naive = naive_swav_loss(views, prototypes, temperature=0.1, epsilon=0.05, iterations=3,
+                            assign=2)
+    inputs = [*views, prototypes]
+    assert_close(fast, naive)
+    assert_close(torch.autograd.grad(fast, inputs), torch.autograd.grad(naive, inputs))
+    with pytest.raises(ValueError, match="assign must be between 1 and 4"):
+        swav_multi_view_loss(torch.stack(views, dim=1), prototypes, assign=5)
+
+
+def test_swav_queue_joins_the_sinkhorn_step_once_full_and_survives_a_checkpoint() -> None:
+    module = SwAVLoss(dim=5, n_prototypes=4, assign_views=2, queue_size=6).double()
+    batches = [randn(3, 3, 5, seed=s) for s in range(4)]  # (B, V, D), 3 views, 2 assigned
+    seen: list[Tensor] = []  # the unit embeddings of the assigned views, batch by batch
+    for step, views in enumerate(batches):
+        unit = F.normalize(module.prototypes.detach(), dim=1)
+        queues = None
+        if step >= 2:  # two batches of 3 fill the 6 slots
+            queues = [torch.cat([F.normalize(b[:, i], dim=-1) for b in seen[-2:]])
+                      for i in range(2)]
+        expected = naive_swav_loss(list(views.unbind(1)), unit, 0.1, 0.05, 3, assign=2,
+                                   queues=queues)
+        if step == 3:  # a fresh module loaded from the checkpoint continues the same
+            restored = SwAVLoss(dim=5, n_prototypes=4, assign_views=2, queue_size=6).double()
+            restored.load_state_dict(module.state_dict())
+            assert_close(restored(Embedded(views[:, 0], views=views)), expected)
+        assert_close(module(Embedded(views[:, 0], views=views)), expected)
+        seen.append(views.detach())
+    assert int(module.steps) == 4
+    module.eval()  # evaluation neither counts nor enqueues
+    before = [queue.negatives() for queue in module.queues]
+    module(Embedded(batches[0][:, 0], views=batches[0]))
+    assert int(module.steps) == 4
+    assert all(torch.equal(a, q.negatives()) for a, q in zip(before, module.queues, strict=True))
+
+
+def test_swav_prototypes_are_frozen_for_their_first_steps() -> None:
+    module = SwAVLoss(dim=5, n_prototypes=4, freeze_prototypes_steps=2).double()
+    views = randn(6, 2, 5, seed=1)
+    grads = []
+    for _ in range(3):
+        module.prototypes.grad = None
+        module(Embedded(views[:, 0], views=views)).backward()
+        grads.append(module.prototypes.grad)
+    assert grads[0] is None and grads[1] is None and grads[2] is not None
+    assert views.grad is not None  # the embeddings learn throughout
+
+
 def test_swav_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match="swav: needs key"):
         SwAVLoss(dim=5, n_prototypes=4)(Embedded(torch.zeros(3, 5)))
