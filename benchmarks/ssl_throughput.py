@@ -4,29 +4,30 @@ Both sides train the same network on the same images with the same batch size an
 in one process:
 
 * **ours**: ``contralign train simclr-images`` through the Python API (``training.loop.fit``):
-  the bundled recipe as it ships (NT-Xent at temperature 0.5, the ``simclr`` views, the training
-  head Linear-BN-ReLU-Linear to 128, AdamW lr 1e-3 with a cosine schedule, ``drop_last``), with
-  ``model.name``, ``data.path``, ``train.batch_size``, ``train.threads``,
-  ``train.num_workers`` and ``train.max_steps`` set from the flags and the dev kNN evaluation
-  left out (it is not training).
+  the bundled recipe as it ships (NT-Xent, its ``simclr`` views and input size, its training
+  head, AdamW with its schedule, ``drop_last``), with ``model.name``, ``data.path``,
+  ``train.batch_size``, ``train.threads``, ``train.num_workers`` and ``train.max_steps`` set
+  from the flags and the dev evaluation left out (it is not training).
 * **lightly**: the loop of lightly's SimCLR example (``examples/pytorch/simclr.py``): a torch
   ``DataLoader`` (shuffled, ``drop_last``) over a dataset whose transform is lightly's
-  ``SimCLRTransform`` (input 32 px, jitter strength 0.5 and no blur as lightly recommends for
-  CIFAR and our preset does, our tower's normalisation), ``model(x0)``, ``model(x1)``,
-  ``NTXentLoss(temperature=0.5)``, ``backward``, AdamW (lr 1e-3, weight decay 1e-6; no schedule,
+  ``SimCLRTransform`` with the recipe's view settings (input size, crop scale, jitter, grayscale,
+  flip, blur; our tower's normalisation), ``model(x0)``, ``model(x1)``, ``NTXentLoss`` at the
+  recipe's temperature, ``backward``, AdamW at the recipe's lr and weight decay (no schedule,
   whose cost is nil). The model is contralign's ``CifarResNet`` of the same width with lightly's
   ``ProjectionHead`` built as the recipe's head (lightly's ``SimCLRProjectionHead`` adds a
-  BatchNorm after its last layer; ours has none).
+  BatchNorm after its last layer; ours has none). Everything the two sides share is read from
+  the recipe, so the comparison follows it when it changes.
 
 Data: Fashion-MNIST's 60,000 training images, ``(60000, 28, 28)`` uint8 in an ``.npz``
 (``--data``; ``python benchmarks/image_recipes.py prepare --out /tmp/ir`` writes it). Our
-preprocessor decodes each image to the tower's 32 px (grey to RGB) and crops from that; lightly's
-transform crops the 28-px image (as RGB) to 32 px. One image gives two views; images/s counts
-images. Each side runs ``--warmup`` steps and then ``--steps`` timed ones; time is measured from
-the end of the last warm-up step to the end of the last step by the same optimiser hook on both
-sides (so loading data and building the model are outside, and view making, forward, backward
-and the optimiser inside). Sides alternate over ``--repeats`` (the first side alternates too);
-the median is reported, with the ratio ours / lightly (above 1: ours is faster).
+preprocessor decodes each image to the tower's input size (grey to RGB) and crops from that;
+lightly's transform crops the image (as RGB) to the same size. One image gives two views;
+images/s counts images. Each side runs ``--warmup`` steps, then ``--steps`` timed ones, timed
+from the end of the last warm-up step to the end of the last step by the same optimiser hook on
+both sides (so loading data and building the model are outside, and view making, forward,
+backward and the optimiser inside). Sides alternate over ``--repeats`` (the first side
+alternates too); the median is reported, with the ratio ours / lightly (above 1: ours is
+faster).
 
 Run (the reference environment has both contralign and lightly)::
 
@@ -49,8 +50,6 @@ from typing import Any
 
 from common import machine, print_json, print_machine, ratio, require
 
-TEMPERATURE = 0.5  # the recipe's (SimCLR's CIFAR setting)
-LR, WEIGHT_DECAY = 1.0e-3, 1.0e-6  # the recipe's AdamW
 RECIPE = "simclr-images"
 SEED = 0
 
@@ -147,23 +146,43 @@ def lightly_model(architecture: str) -> Any:
     return SimCLR()
 
 
+def lightly_transform(config: dict[str, Any]) -> Any:
+    """lightly's ``SimCLRTransform`` with the settings of the recipe's (one) ``simclr`` view:
+    input size, crop scale, jitter, grayscale, flip and blur probabilities, our normalisation."""
+    from lightly.transforms import SimCLRTransform
+
+    from contralign.data.image_views import build_image_views
+    from contralign.encoders.resnet import CIFAR_MEAN, CIFAR_SIZE, CIFAR_STD
+
+    views = build_image_views(config["views"])
+    if len(set(views)) != 1:
+        raise SystemExit(f"benchmark: {RECIPE} has views {config['views']}; this benchmark "
+                         "needs the two views of one preset")
+    view = views[0]
+    size = view.side(config["model"].get("image_size") or CIFAR_SIZE)
+    bright, contrast, saturation, hue = view.jitter
+    return SimCLRTransform(
+        input_size=size, min_scale=view.scale[0], cj_prob=view.jitter_p, cj_strength=1.0,
+        cj_bright=bright, cj_contrast=contrast, cj_sat=saturation, cj_hue=hue,
+        random_gray_scale=view.grayscale, hf_prob=view.flip, gaussian_blur=view.blur_for(size),
+        normalize={"mean": [m / 255 for m in CIFAR_MEAN], "std": [s / 255 for s in CIFAR_STD]})
+
+
 def run_lightly(args: argparse.Namespace, images: Any) -> float:
     """lightly's example SimCLR loop on the same network and images; images/s."""
     import torch
     from lightly.loss import NTXentLoss
-    from lightly.transforms import SimCLRTransform
 
-    from contralign.encoders.resnet import CIFAR_MEAN, CIFAR_STD
-
+    config = recipe()
     torch.manual_seed(SEED)
-    normalize = {"mean": [m / 255 for m in CIFAR_MEAN], "std": [s / 255 for s in CIFAR_STD]}
-    transform = SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0,
-                                normalize=normalize)
+    transform = lightly_transform(config)
     loader = torch.utils.data.DataLoader(NpzImages(images, transform), batch_size=args.batch_size,
                                          shuffle=True, drop_last=True, num_workers=args.workers)
     model = lightly_model(args.architecture).train()
-    criterion = NTXentLoss(temperature=TEMPERATURE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    criterion = NTXentLoss(temperature=config["objective"]["temperature"])
+    optim = config["optim"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim["lr"],
+                                  weight_decay=optim["weight_decay"])
     total = args.warmup + args.steps
     with step_clock() as ends:
         for step, ((x0, x1), _) in enumerate(loader):
@@ -184,7 +203,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (both sides)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both sides)")
-    parser.add_argument("--architecture", default="resnet18-cifar-w8")
+    parser.add_argument("--architecture", default="resnet18-cifar-w8",
+                        help="a CIFAR ResNet (resnet18-cifar-wN), for both sides")
     parser.add_argument("--data", type=Path, default=Path("/tmp/ir/fashion-mnist-train.npz"))
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args()
@@ -211,6 +231,9 @@ def main() -> None:
           f"{tuple(images.shape[1:])} from {args.data}; batch {args.batch_size}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.workers} workers, median of "
           f"{args.repeats}", flush=True)
+    config = recipe()
+    print(f"recipe: model {config['model']}, views {config['views']}, objective "
+          f"{config['objective']}, optim {config['optim']}", flush=True)
     runs: dict[str, list[float]] = {"ours": [], "lightly": []}
     with tempfile.TemporaryDirectory(prefix="contralign-ssl-throughput-") as tmp:
         for repeat in range(args.repeats):

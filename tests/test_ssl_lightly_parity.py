@@ -1,13 +1,13 @@
 """SimCLR and MoCo v2 training steps of contralign against lightly's, on real CIFAR-10 views.
 
 One fixed batch of 16 CIFAR-10 images, two views each drawn by contralign's own ``augment``
-(the ``simclr`` / ``moco-v2`` presets), goes through the task the bundled recipes build
-(``simclr-images`` / ``moco-v2-images``, with the ResNet at width 8 instead of 16 to keep the
-test short). The reference is a second model of the same weights: contralign's ``CifarResNet``
-with the state dict copied in, and lightly's own ``SimCLRProjectionHead`` /
-``MoCoProjectionHead`` (``load_state_dict(strict=True)`` also checks that our head is built as
-lightly's is), driven the way lightly's examples drive it: ``NTXentLoss``, ``NTXentLoss`` with a
-memory bank, ``deactivate_requires_grad`` and ``update_momentum``.
+(the recipes' ``simclr`` / ``moco-v2`` views), goes through the task the bundled recipes build
+(``simclr-images`` / ``moco-v2-images``: their head, objective, views and input size, with the
+ResNet at width 8). The reference is a second model of the same weights: contralign's
+``CifarResNet`` with the state dict copied in, and lightly's heads (``load_state_dict(
+strict=True)`` also checks that our head is built as lightly's is), driven the way lightly's
+examples drive them: ``NTXentLoss``, ``NTXentLoss`` with a memory bank,
+``deactivate_requires_grad`` and ``update_momentum``.
 
 Semantic differences from lightly (1.6), found by reading its source; the tests check what is
 equal and pin these down:
@@ -18,7 +18,6 @@ equal and pin these down:
   BatchNorm on the hidden layer only: Linear (no bias) -> BN -> ReLU -> Linear (bias). The
   SimCLR parity builds that head with lightly's generic ``ProjectionHead``; MoCo v2's head (no
   BatchNorm) is lightly's ``MoCoProjectionHead`` exactly.
-
 * **Empty queue.** lightly's ``MemoryBankModule`` starts full of random unit vectors, which
   serve as negatives from the first step; contralign's ``KeyQueue`` starts empty and serves only
   the keys it has been given (the first step's MoCo loss is 0). The tests pre-fill our queue
@@ -51,7 +50,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from contralign.data.image_views import augment, make_image_views
+from contralign.data.image_views import ImageView, augment, build_image_views
 from contralign.encoders.resnet import CifarResNet
 from contralign.training.build import build_model, build_task
 from contralign.training.config import TrainConfig
@@ -87,9 +86,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def recipe_task(name: str, data: Path) -> ContrastiveTask:
+def recipe_task(name: str, data: Path) -> tuple[ContrastiveTask, tuple[ImageView, ...]]:
     """The task ``contralign train <name>`` builds, with the ResNet at width 8 and no dev
-    evaluation."""
+    evaluation, and the recipe's image views."""
     raw = yaml.safe_load(find_config(name).read_text(encoding="utf-8"))
     raw.pop("eval", None)
     raw["model"]["name"] = f"resnet18-cifar-w{WIDTH}"
@@ -98,19 +97,20 @@ def recipe_task(name: str, data: Path) -> ContrastiveTask:
     torch.manual_seed(0)
     task = build_task(config, build_model(config))
     task.train()
-    return task
+    return task, build_image_views(raw["views"])
 
 
-def view_batch(task: ContrastiveTask, data: Path, preset: str) -> dict[str, Any]:
+def view_batch(task: ContrastiveTask, data: Path, views: tuple[ImageView, ...]
+               ) -> dict[str, Any]:
     """Two views of 16 CIFAR-10 images, scaled as the tower expects, as the trainer's batch."""
     tower = task.model.anchor_tower
     with np.load(data) as arrays:
         images = list(arrays["images"][:BATCH])
-    pixels = tower.preprocessor.pixels(images)  # (16, 3, 32, 32) in [0, 1]
-    views = [tower.preprocessor.scale(augment(pixels, view, [1000 * v + i for i in range(BATCH)]))
-             for v, view in enumerate(make_image_views(preset))]
+    pixels = tower.preprocessor.pixels(images)  # (16, 3, S, S) in [0, 1], S the tower's
+    scaled = [tower.preprocessor.scale(augment(pixels, view, [1000 * v + i for i in range(BATCH)]))
+              for v, view in enumerate(views)]
     ids = torch.arange(BATCH)
-    return {"anchor": views[0], "positive": views[1], "views": views,
+    return {"anchor": scaled[0], "positive": scaled[1], "views": scaled,
             "anchor_ids": ids, "positive_ids": ids}
 
 
@@ -153,8 +153,8 @@ def named(backbone: nn.Module, head: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def test_simclr_step_matches_lightly_nt_xent(tiny_cifar: Path) -> None:
-    task = recipe_task("simclr-images", tiny_cifar)
-    batch = view_batch(task, tiny_cifar, "simclr")
+    task, views = recipe_task("simclr-images", tiny_cifar)
+    batch = view_batch(task, tiny_cifar, views)
     backbone = reference_backbone(task)
     # lightly's SimCLRProjectionHead ends in BatchNorm (see the module docstring); its generic
     # ProjectionHead builds the recipe's Linear-BN-ReLU-Linear.
@@ -181,7 +181,7 @@ def test_simclr_step_matches_lightly_nt_xent(tiny_cifar: Path) -> None:
 
 
 def test_lightly_simclr_head_ends_in_batchnorm_and_ours_does_not(tiny_cifar: Path) -> None:
-    ours: Any = recipe_task("simclr-images", tiny_cifar).model.heads["tower"]
+    ours: Any = recipe_task("simclr-images", tiny_cifar)[0].model.heads["tower"]
     theirs = SimCLRProjectionHead(64, 512, 128, batch_norm=True)
     assert [type(m).__name__ for m in ours.layers] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
     assert [type(m).__name__ for m in theirs.layers] == [
@@ -214,12 +214,12 @@ class LightlyMoCo(nn.Module):
 
 
 def test_moco_v2_step_matches_lightly_memory_bank_and_momentum(tiny_cifar: Path) -> None:
-    task = recipe_task("moco-v2-images", tiny_cifar)
+    task, views = recipe_task("moco-v2-images", tiny_cifar)
     objective: Any = task.objective
     queue, temperature = objective.queue, objective.temperature
     momentum = task.model.towers["momentum"].momentum
-    assert (queue.size, temperature, momentum) == (4096, 0.2, 0.99)  # the recipe's
-    batch = view_batch(task, tiny_cifar, "moco-v2")
+    assert queue.size % BATCH == 0  # lightly's bank drops keys past its end (see above)
+    batch = view_batch(task, tiny_cifar, views)
     backbone = reference_backbone(task)
     head = MoCoProjectionHead(backbone.width, 512, 128, batch_norm=False)
     head.load_state_dict(task.model.heads["tower"].state_dict(), strict=True)
