@@ -86,3 +86,16 @@ def tiny_cifar(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     path = tmp_path_factory.mktemp("cifar") / "tiny.npz"
     np.savez(path, images=images, labels=labels)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): their tensors are small, and on a busy 2-core machine every OpenMP
+    barrier waits a scheduler slice (~10 ms per op, 100x the work)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,15 +28,8 @@ WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu 
          "rho sigma tau upsilon phi chi psi omega").split()
 RTOL = 1e-5
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny tower gains nothing from threads, and on a busy machine their hand-offs cost
-    far more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # (case id, objective name, objective parameters, what the batch carries)
 CASES: list[tuple[str, str, dict[str, Any], str]] = [

@@ -27,13 +27,8 @@ from contralign.training.config import TrainConfig
 
 runner = CliRunner()
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(model: Path, data: Path, out: Path, **objective: Any) -> dict[str, Any]:

@@ -31,13 +31,8 @@ from contralign.training.config import TrainConfig
 
 runner = CliRunner()
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def leaves(seed: int, *shapes: tuple[int, ...]) -> list[Tensor]:

@@ -21,12 +21,11 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file, save_file
-from test_cached import (  # one_thread: the module's autouse fixture, used here too
+from test_cached import (
     CASES,
     assert_close_relative,
     make_batch,
     make_task,
-    one_thread,  # noqa: F401
 )
 
 from contralign.training.cached import accumulate_gradients
@@ -39,6 +38,8 @@ RTOL = 1e-5
 STEPS = [(8, 0), (7, 8), (8, 15)]
 # The default suite's cases, with the gradient cache's chunk size each process uses (None: none).
 FAST = {"info_nce-hard_negatives": None, "whitened_cse": 2, "moco": 3}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def free_port() -> int:

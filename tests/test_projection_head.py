@@ -32,17 +32,12 @@ from contralign.training.task import Role
 runner = CliRunner()
 HEAD = {"dims": [32, 16], "batch_norm": True}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def pairs_data(path: Path) -> dict:
     return {"path": str(path), "columns": {"anchor": "query", "positive": "doc"}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 

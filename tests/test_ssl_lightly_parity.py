@@ -57,7 +57,7 @@ from contralign.training.config import TrainConfig
 from contralign.training.recipes import find_config
 from contralign.training.task import ContrastiveTask
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("one_thread")]
 
 # Skip only when the reference libraries are missing (the default env); any other import
 # error in them is a failure.
@@ -77,13 +77,6 @@ BATCH = 16
 WIDTH = 8  # resnet18-cifar-w8: 64-d features
 RTOL, ATOL = 1e-5, 1e-6
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 def recipe_task(name: str, data: Path) -> tuple[ContrastiveTask, tuple[ImageView, ...]]:

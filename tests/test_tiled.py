@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -28,15 +26,8 @@ DIM = 6
 # Relative tolerance per dtype; the absolute one is scaled by the reference's largest entry.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiles are small: on a busy 2-core machine every OpenMP barrier waits a scheduler slice
-    # (~10 ms per op, 100× the work), so these tests run single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def leaves(seed: int, dtype: torch.dtype, *shapes: tuple[int, ...]) -> list[Tensor]:
