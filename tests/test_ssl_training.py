@@ -102,3 +102,35 @@ def test_image_views_are_the_same_on_every_path_of_a_tower_without_batchnorm_upd
     report = check(TrainConfig.model_validate(raw), steps=2, paths=["cached", "distributed"])
     for name, result in report.paths.items():
         assert result.ok, (name, result.reason, result.loss, result.gradient)
+
+
+@pytest.mark.parametrize("objective", ["simsiam", "byol"])
+def test_predictor_objectives_train_and_their_predictor_is_not_saved(objective, tiny_cifar,
+                                                                     tmp_path):
+    raw = ssl_config(tiny_cifar, tmp_path / "run", batch_size=16)
+    raw["objective"] = {"name": objective, "hidden": 8}
+    raw["model"] = {"name": "resnet18-cifar-w8", "head": {"dims": [32, 16], "batch_norm": True}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()
+              if '"loss"' in line]
+    assert len(losses) == 2 and all(-1.0 <= loss <= 1.0 for loss in losses)  # −cos
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert not any("predictor" in key or key.startswith("head.") for key in saved)
+    assert load_tower(tmp_path / "run").dim == 64  # the ResNet's own features
+
+
+def test_a_batchnorm_predictor_sees_the_whole_batch_on_every_path(tiny_cifar, tmp_path):
+    # The predictor lives in the objective, which every path hands the whole batch: SimSiam's
+    # BatchNorm predictor gives the same step with the gradient cache and two processes.
+    raw = ssl_config(tiny_cifar, tmp_path / "run", batch_size=8)
+    raw["model"] = {"name": "efficientnet-lite0", "image_size": 32, "frozen": True,
+                    "projection_dim": 16}
+    raw["objective"] = {"name": "simsiam", "hidden": 8}
+    report = check(TrainConfig.model_validate(raw), steps=2, paths=["cached", "distributed"])
+    for name, result in report.paths.items():
+        assert result.ok, (name, result.reason, result.loss, result.gradient)

@@ -245,8 +245,11 @@ class SwAVLoss(nn.Module):
         for name, value in (("temperature", temperature), ("epsilon", epsilon)):
             if not 0 < value < math.inf:
                 raise ValueError(f"swav: {name} must be finite and > 0, got {value}")
-        if iterations < 0:
-            raise ValueError(f"swav: iterations must be >= 0, got {iterations}")
+        if iterations < 0 or queue_size < 0 or freeze_prototypes_steps < 0:
+            raise ValueError(f"swav: iterations, queue_size and freeze_prototypes_steps must be "
+                             f">= 0, got {iterations}, {queue_size}, {freeze_prototypes_steps}")
+        if assign_views is not None and assign_views < 1:
+            raise ValueError(f"swav: assign_views must be >= 1, got {assign_views}")
         self.temperature = float(temperature)
         self.epsilon = float(epsilon)
         self.iterations = int(iterations)

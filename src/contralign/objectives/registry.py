@@ -147,6 +147,17 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "InfoNCE against a FIFO queue of keys from a momentum copy of the tower.",
         momentum_keys=True, split="local",
     ),
+    "simsiam": ObjectiveInfo(
+        "contralign.objectives.predictive.SimSiamLoss", ("key",), "arXiv:2011.10566 (SimSiam)",
+        "Each view's embedding predicts the other's (stop-gradient) through a predictor MLP; "
+        "no negatives.",
+    ),
+    "byol": ObjectiveInfo(
+        "contralign.objectives.predictive.BYOLLoss", ("key",), "arXiv:2006.07733 (BYOL)",
+        "The online view predicts a momentum copy's embedding of the other view through a "
+        "predictor MLP; no negatives.",
+        momentum_keys=True,
+    ),
     "swav": ObjectiveInfo(
         "contralign.objectives.prototypes.SwAVLoss", ("key",), "arXiv:2006.09882 (SwAV)",
         "Swapped prediction of Sinkhorn-Knopp codes over learnable prototypes.",
