@@ -64,11 +64,13 @@ pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("one_thread")]
 for _module in ("torchvision", "lightly"):
     pytest.importorskip(_module, reason=f"lightly parity needs {_module} (.venv-ref)")
 
-from lightly.loss import NTXentLoss  # noqa: E402
+from lightly.loss import NegativeCosineSimilarity, NTXentLoss  # noqa: E402
 from lightly.models.modules.heads import (  # noqa: E402
+    BYOLPredictionHead,
     MoCoProjectionHead,
     ProjectionHead,
     SimCLRProjectionHead,
+    SimSiamPredictionHead,
 )
 from lightly.models.modules.memory_bank import MemoryBankModule  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
@@ -276,3 +278,34 @@ def test_queue_and_memory_bank_agree_until_a_batch_overruns_the_end() -> None:
     torch.testing.assert_close(queue.keys[:8], batches[1][8:])
     torch.testing.assert_close(bank.bank[:8], batches[0][:8])
     assert (int(queue.pointer), int(bank.bank_ptr)) == (8, 0)
+
+
+@pytest.mark.parametrize("name", ["simsiam", "byol"])
+def test_simsiam_and_byol_losses_match_lightlys_heads_and_loss(name: str) -> None:
+    """Our objective's predictor loads lightly's prediction head (same layers) and gives the
+    loss of lightly's examples: SimSiam ``(D(p0, z1) + D(p1, z0)) / 2`` on detached z, BYOL one
+    direction of ``D(p0, z1)`` (our trainer gives each step one; the example sums both)."""
+    from contralign.objectives import build_objective
+    from contralign.objectives.inputs import Embedded
+
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(16, 32, requires_grad=True), torch.randn(16, 32, requires_grad=True)
+    ours = build_objective(name, {"hidden": 8}, dim=32)
+    theirs = (SimSiamPredictionHead if name == "simsiam" else BYOLPredictionHead)(32, 8, 32)
+    theirs.load_state_dict({key.replace("predictor.", "layers."): value
+                            for key, value in ours.state_dict().items()}, strict=True)
+    criterion = NegativeCosineSimilarity()
+    loss = ours(Embedded(z0, z1))
+    p0, p1 = theirs(z0), theirs(z1)
+    expected = (0.5 * (criterion(p0, z1.detach()) + criterion(p1, z0.detach()))
+                if name == "simsiam" else criterion(p0, z1.detach()))
+    inputs = [z0, z1, *ours.parameters()]
+    ours_grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    their_grads = torch.autograd.grad(expected, [z0, z1, *theirs.parameters()],
+                                      allow_unused=True)
+    torch.testing.assert_close(loss, expected)
+    for a, b in zip(ours_grads, their_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
