@@ -89,8 +89,8 @@ def frozen_accuracy(model: Path, limits: tuple[int, int]) -> dict[str, float]:
     result = contralign("eval", str(model), "--knn", "--linear-probe",
                         "--train", str(TRAIN), "--train-limit", str(limits[0]),
                         "--test", str(TEST), "--test-limit", str(limits[1]))
-    metrics = result["metrics"] if "metrics" in result else result
-    return {"knn": _top1(metrics, "knn"), "probe": _top1(metrics, "linear_probe")}
+    return {"knn": _top1(result["metrics"], "knn"),
+            "probe": _top1(result["metrics"], "linear_probe")}
 
 
 def _top1(metrics: dict[str, Any], evaluator: str) -> float:

@@ -206,6 +206,7 @@ def _classifiers(train: Path, test: Path, limits: tuple[int | None, int | None],
     (each file read once, both evaluators on the same images)."""
     from contralign.data.labelled import read_labelled_images
     from contralign.evaluation import KNNEvaluator, LinearProbeEvaluator
+    from contralign.evaluation.linear_probe import DEFAULT_C_GRID
 
     train_set = read_labelled_images(train, key="--train", limit=limits[0])
     test_set = read_labelled_images(test, key="--test", limit=limits[1])
@@ -215,7 +216,6 @@ def _classifiers(train: Path, test: Path, limits: tuple[int | None, int | None],
         evaluators.append(KNNEvaluator(*sets, k=k, temperature=temperature,
                                        batch_size=batch_size))
     if linear_probe:
-        probe = LinearProbeEvaluator(*sets, c=c, batch_size=batch_size) if c \
-            else LinearProbeEvaluator(*sets, batch_size=batch_size)
-        evaluators.append(probe)
+        evaluators.append(LinearProbeEvaluator(*sets, c=c or DEFAULT_C_GRID,
+                                               batch_size=batch_size))
     return evaluators

@@ -48,7 +48,6 @@ from contralign.data.views import view_rng
 # Views of at most this many pixels a side skip the blur when the preset's ``blur`` is unset
 # (SimCLR drops it for CIFAR's 32 px).
 SMALL_IMAGE = 32
-ASPECT = draws.ASPECT
 
 
 @runtime_checkable
@@ -251,7 +250,7 @@ def _pipeline(view: ImageView, side: int) -> dict[str, Any]:
              "grayscale": K.RandomGrayscale(p=view.grayscale),
              "blur": K.RandomGaussianBlur((kernel, kernel), draws.SIGMA, p=view.blur_for(side)),
              "solarize": K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize)}
-    crop = K.RandomResizedCrop((side, side), scale=view.scale, ratio=ASPECT,
+    crop = K.RandomResizedCrop((side, side), scale=view.scale, ratio=draws.ASPECT,
                                cropping_mode="resample")
     return {"crop": crop, **{name: step for name, step in steps.items() if step.p > 0}}
 

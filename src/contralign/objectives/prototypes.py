@@ -273,8 +273,8 @@ class SwAVLoss(nn.Module):
             self.prototypes.copy_(F.normalize(self.prototypes, dim=1))
         frozen = int(self.steps) < self.freeze_prototypes_steps
         prototypes = self.prototypes.detach() if frozen else self.prototypes
-        assign = self.assign_views if self.assign_views is None else min(self.assign_views,
-                                                                             views.shape[1])
+        # A batch of fewer views than assigned (e.g. two views from ``query``/``key``) assigns all.
+        assign = None if self.assign_views is None else min(self.assign_views, views.shape[1])
         codes = self._queued_codes(views, assign) if self.queue_size else None
         loss = swav_multi_view_loss(views, prototypes, temperature=self.temperature,
                                     epsilon=self.epsilon, iterations=self.iterations,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from contralign.core.items import ImageItem
+from contralign.data.labelled import sample_rows
 from contralign.encoders.model import AlignmentModel
 from contralign.evaluation import (
     Item,
@@ -31,7 +32,6 @@ from contralign.evaluation import (
 from contralign.training.config import EvalConfig, KNNConfig, LinearProbeConfig
 
 SAMPLE_PAIRS = 512  # dev pairs embedded at each evaluation (diagnostics/step-N.npz)
-SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,7 @@ def sample_records(records: Sequence[Any], source: str,
                    limit: int = SAMPLE_PAIRS) -> DevSample:
     """At most ``limit`` records' pairs, drawn without replacement with a fixed seed and kept
     in file order (a file sorted by topic or score still gives a spread sample)."""
-    rows = np.arange(len(records))
-    if len(rows) > limit:
-        rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(rows, limit, replace=False))
-    chosen = [records[int(i)] for i in rows]
+    chosen = [records[int(i)] for i in sample_rows(len(records), limit)]
     labels = [getattr(record, "label", None) for record in chosen]
     known = [label for label in labels if label is not None]
     return DevSample(source, [record.anchor for record in chosen],
