@@ -278,8 +278,8 @@ def test_a_run_dir_replaced_by_the_user_during_an_overwrite_is_left_alone(
     assert runner.invoke(app, ["train", str(config)]).exit_code == 0
     real = loop._after_step
 
-    def users_folder_appears(task, losses, config, state, *args):
-        real(task, losses, config, state, *args)
+    def users_folder_appears(task, losses, config, state, *args, **kwargs):
+        real(task, losses, config, state, *args, **kwargs)
         if state.step == 1:
             shutil.rmtree(run_dir)
             run_dir.mkdir()

@@ -40,8 +40,8 @@ def make_config(model: Path, data: Path, out: Path, **train: object) -> TrainCon
 def crash_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     real = loop._after_step
 
-    def after_step(task, losses, config, state, *args):
-        real(task, losses, config, state, *args)
+    def after_step(task, losses, config, state, *args, **kwargs):
+        real(task, losses, config, state, *args, **kwargs)
         if state.step == step:
             raise Crash(f"killed after step {step}")
 

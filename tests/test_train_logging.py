@@ -61,6 +61,14 @@ def histograms(run_dir: Path) -> dict[str, list]:
     return {tag: events.Histograms(tag) for tag in events.Tags()["histograms"]}
 
 
+def test_a_last_step_on_the_evaluation_interval_is_evaluated_once(tiny_model_dir, pairs_file,
+                                                                   tmp_path):
+    config = make_config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=4)
+    fit(config, progress=False)
+    evals = [x["step"] for x in lines(tmp_path / "run") if "eval" in x]
+    assert evals == [0, 2, 4]  # step 4 by fit's final evaluation only
+
+
 def test_a_run_records_environment_diagnostics_snapshots_and_tensorboard(
         tiny_model_dir, pairs_file, tmp_path):
     config = make_config(tiny_model_dir, pairs_file, tmp_path / "run",

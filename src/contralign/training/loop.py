@@ -286,7 +286,8 @@ def _train(
                 state.step += 1
                 state.batch_in_epoch += 1
                 advance(losses["loss"])
-                _after_step(task, losses, config, state, optimizer, scheduler, run_dir, monitor)
+                _after_step(task, losses, config, state, optimizer, scheduler, run_dir, monitor,
+                            last=state.step >= total_steps)
                 if state.step >= total_steps:
                     break
             if state.batch_in_epoch >= len(batcher):
@@ -348,7 +349,7 @@ def _check_shards(batcher: PairBatcher, world: int) -> None:
 def _after_step(
     task: ContrastiveTask, losses: dict[str, float], config: TrainConfig, state: TrainState,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-    run_dir: Path, monitor: RunMonitor | None,
+    run_dir: Path, monitor: RunMonitor | None, *, last: bool = False,
 ) -> None:
     loop = config.train
     if monitor is None:  # only rank 0 logs, evaluates and writes checkpoints
@@ -360,7 +361,9 @@ def _after_step(
         if temperature is not None:
             entry["temperature"] = temperature
         monitor.train(entry)
-    if config.eval.every_steps and state.step % config.eval.every_steps == 0 and monitor.dev:
+    # the last step's evaluation is fit's own (with intervals): not twice in metrics.jsonl
+    if config.eval.every_steps and state.step % config.eval.every_steps == 0 and monitor.dev \
+            and not last:
         monitor.evaluate(state.step, task.model)
         task.train()
     if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
