@@ -22,7 +22,7 @@ def train_command(
                                    help="Replace an existing run (once the new one finishes)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Train a text encoder with a contrastive objective, as CONFIG describes."""
+    """Train text or image encoders with a contrastive objective, as CONFIG describes."""
     from contralign.core.config import load_config
     from contralign.training.config import TrainConfig
     from contralign.training.distributed import launched_rank
