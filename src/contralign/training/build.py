@@ -112,7 +112,8 @@ def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> Contrastiv
     return ContrastiveTask(model, objective, views_only="views" in info.requires,
                            precision=config.train.precision,
                            mask_duplicates=config.objective.mask_duplicates,
-                           split=info.split_for(config.objective.params))
+                           split=info.split_for(config.objective.params),
+                           bn_splits=config.objective.bn_splits)
 
 
 # What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.
@@ -222,8 +223,14 @@ def check_fast_paths(config: TrainConfig, model: AlignmentModel, processes: int)
 
     Raises:
         ConfigError: the gradient cache or several processes with a trainable BatchNorm tower
-            or a training head with BatchNorm.
+            or a training head with BatchNorm, or with ``objective.bn_splits`` (shuffle-BN in
+            one process: the plain path embeds in groups, the fast paths do not).
     """
+    if config.objective.bn_splits > 1 and (config.train.grad_cache.enabled or processes > 1):
+        path = "train.grad_cache" if config.train.grad_cache.enabled else "torchrun"
+        raise ConfigError(f"{path}: objective.bn_splits simulates several devices' BatchNorm in "
+                          "one process, and takes neither the gradient cache nor torchrun; "
+                          "set bn_splits: 1 or train in one process without the cache")
     towers, heads = batchnorm_towers(model), batchnorm_heads(model)
     if not towers and not heads:
         return

@@ -156,10 +156,8 @@ def check(config: TrainConfig, *, steps: int = 3, paths: Sequence[str] = PATHS,
     normalised = batchnorm_towers(task.model)
     for name in paths:
         started = time.perf_counter()
-        if normalised and name in ("cached", "distributed"):
-            report.paths[name] = PathResult("-", reason=f"tower {normalised[0]} trains "
-                                                        "BatchNorm layers, which training "
-                                                        f"refuses on the {name} path")
+        if name in ("cached", "distributed") and (why := _refused(config, normalised, name)):
+            report.paths[name] = PathResult("-", reason=why)
             continue
         result = _run_path(name, config, records, initial, steps, sizes[name])
         if isinstance(result, Trace):
@@ -168,6 +166,16 @@ def check(config: TrainConfig, *, steps: int = 3, paths: Sequence[str] = PATHS,
         result.seconds = time.perf_counter() - started
         report.paths[name] = result
     return report
+
+
+def _refused(config: TrainConfig, normalised: list[str], path: str) -> str | None:
+    """Why training refuses ``path`` (cached or distributed) for this config, if it does."""
+    if normalised:
+        return (f"tower {normalised[0]} trains BatchNorm layers, which training refuses on the "
+                f"{path} path")
+    if config.objective.bn_splits > 1:
+        return f"objective.bn_splits embeds in groups, which training refuses on the {path} path"
+    return None
 
 
 def reference_config(config: TrainConfig) -> tuple[TrainConfig, list[str]]:

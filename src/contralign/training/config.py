@@ -178,6 +178,8 @@ class ObjectiveConfig(StrictConfig):
         accepted["mask_duplicates"] = (bool, True)  # a task setting every objective takes
         if info.momentum_keys or info.optional_momentum_keys:
             accepted["momentum"] = (float, 0.999 if info.momentum_keys else None)
+        if info.momentum_keys:
+            accepted["bn_splits"] = (Annotated[int, Field(ge=1)], 1)
         extra = self.__pydantic_extra__ or {}
         for key, value in extra.items():
             if key not in accepted:
@@ -198,14 +200,21 @@ class ObjectiveConfig(StrictConfig):
 
     @property
     def params(self) -> dict[str, Any]:
-        """The objective module's own parameters (every key but ``name`` and ``momentum``)."""
-        task_keys = ("momentum", "mask_duplicates")
+        """The objective module's own parameters (every key but ``name`` and the task's)."""
+        task_keys = ("momentum", "mask_duplicates", "bn_splits")
         return {k: v for k, v in (self.model_extra or {}).items() if k not in task_keys}
 
     @property
     def mask_duplicates(self) -> bool:
         """Never use a duplicate of a row's positive (same text or label) as its negative."""
         return bool((self.model_extra or {}).get("mask_duplicates", True))
+
+    @property
+    def bn_splits(self) -> int:
+        """Shuffle-BN in one process (MoCo, with a key tower): the towers' BatchNorm normalises
+        ``bn_splits`` groups of the batch apart, the keys' groups drawn at random; 1 = the whole
+        batch."""
+        return int((self.model_extra or {}).get("bn_splits", 1))
 
     @property
     def momentum(self) -> float | None:

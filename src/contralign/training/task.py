@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from contralign.core.errors import BatchError
 from contralign.encoders.model import AlignmentModel
 from contralign.encoders.momentum import MomentumEncoder
 from contralign.objectives.inputs import Embedded
@@ -77,19 +78,27 @@ class ContrastiveTask(nn.Module):
         precision: ``"bf16"`` runs the towers under bfloat16 autocast; their embeddings are cast
             to float32, so the objective always computes in float32.
         split: how the objective is split over processes, as its registry entry declares.
+        bn_splits: shuffle-BN in one process (MoCo, arXiv:1911.05722 section 3.3): while
+            training, each tower embeds the batch in this many groups of rows, so its BatchNorm
+            normalises each group by its own statistics, as on that many devices; the key
+            tower's groups are a random permutation of the rows (drawn from torch's generator,
+            saved in checkpoints), so a query and its key are normalised with different rows.
+            1: the whole batch at once.
 
     Raises:
-        ValueError: an unknown precision.
+        ValueError: an unknown precision or a ``bn_splits`` below 1.
     """
 
     def __init__(
         self, model: nn.Module, objective: nn.Module, *, momentum: float | None = None,
         views_only: bool = False, mask_duplicates: bool = True, precision: Precision = "fp32",
-        split: Split = "full",
+        split: Split = "full", bn_splits: int = 1,
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        if bn_splits < 1:
+            raise ValueError(f"bn_splits must be >= 1, got {bn_splits}")
         self.model = model if isinstance(model, AlignmentModel) \
             else AlignmentModel.single(model, momentum)
         self.objective = objective
@@ -97,6 +106,7 @@ class ContrastiveTask(nn.Module):
         self.mask_duplicates = mask_duplicates
         self.precision: Precision = precision
         self.split: Split = split
+        self.bn_splits = bn_splits
 
     @property
     def encoder(self) -> nn.Module:
@@ -138,7 +148,10 @@ class ContrastiveTask(nn.Module):
         return self.model.trains(self.model.tower_name(tower_role))
 
     def embed_role(self, role: Role, rows: Tensor | slice | None = None) -> Tensor:
-        """``(n, D)`` float32 embeddings of ``role``'s ``rows`` (default: all of them)."""
+        """``(n, D)`` float32 embeddings of ``role``'s ``rows`` (default: all of them, in
+        ``bn_splits`` groups while training)."""
+        if rows is None and self.bn_splits > 1 and self.training:
+            return self._embed_in_groups(role)
         inputs = role.inputs if rows is None else role.take(rows)
         keys = role.keys if rows is None or role.keys is None else role.keys[rows]
         if self.precision == "fp32":
@@ -146,6 +159,24 @@ class ContrastiveTask(nn.Module):
         with torch.autocast(role.device.type, dtype=torch.bfloat16):
             embeddings = self.model.embed(role.tower, inputs, keys)
         return embeddings.float()  # the objective computes in float32
+
+    def _embed_in_groups(self, role: Role) -> Tensor:
+        """Shuffle-BN: ``(B, D)``, each of ``bn_splits`` groups of rows embedded on its own;
+        consecutive rows for the online towers, a random permutation for a momentum copy.
+
+        Raises:
+            BatchError: a group would hold a single row (BatchNorm needs two).
+        """
+        size = role.size
+        if size < 2 * self.bn_splits:
+            raise BatchError(f"objective.bn_splits: {self.bn_splits} groups of a batch of {size} "
+                             "rows leave fewer than 2 rows in a group; lower it or raise "
+                             "train.batch_size")
+        shuffled = isinstance(self.model.tower_for(role.tower), MomentumEncoder)
+        order = torch.randperm(size) if shuffled else torch.arange(size)
+        order = order.to(role.device)
+        parts = [self.embed_role(role, group) for group in order.tensor_split(self.bn_splits)]
+        return torch.cat(parts)[order.argsort()]  # back in the batch's row order
 
     def embed(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """``{role name: (B, D)}`` for every role of ``batch``, with graph."""
