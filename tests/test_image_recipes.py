@@ -44,7 +44,7 @@ def tiny_sets(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.mark.parametrize("recipe", IMAGE_SSL, ids=[r.name for r in IMAGE_SSL])
 def test_image_recipe_trains_end_to_end(recipe, tiny_sets: dict[str, Path], tmp_path: Path):
     overrides = ["model.name=resnet18-cifar-w4", "model.head.dims=[32, 16]",
-                 "train.batch_size=8", "train.max_steps=2", "train.log_every=1",
+                 "train.batch_size=16", "train.max_steps=2", "train.log_every=1",
                  f"eval.knn.train.path={tiny_sets['bank']}",
                  f"eval.knn.test.path={tiny_sets['test']}", "eval.knn.k=5",
                  f"output_dir={tmp_path / 'run'}"]
