@@ -36,6 +36,7 @@ def clip_loss(
     logit_scale: float | Tensor,
     label_smoothing: float = 0.0,
     normalize: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE between two sides of B pairs (CLIP, arXiv:2103.00020).
 
@@ -49,6 +50,11 @@ def clip_loss(
         logit_scale: the inverse temperature ``1/τ`` (already exponentiated; a tensor to learn it).
         label_smoothing: ε in ``[0, 1)``. CLIP uses 0; ALIGN (arXiv:2102.05918) uses 0.1.
         normalize: compare by cosine (L2-normalise first) rather than by dot product.
+        rows: the pairs ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): its queries ``R`` against every key (rows
+            ``R`` of the logits) and its keys ``R`` against every query (columns ``R``), each
+            the mean over ``|R|``; only ``2·|R| × B`` logits are held. The ``|R|/B``-weighted
+            sum over processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -63,10 +69,17 @@ def clip_loss(
         raise ValueError(f"clip_loss: label_smoothing must be in [0, 1), got {label_smoothing}")
     if normalize:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
-    logits = logit_scale * query @ key.T  # (B, B); the target of row i is column i
     target = torch.arange(query.shape[0], device=query.device)
-    forward = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    backward = F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)
+    if rows is None:
+        logits = logit_scale * query @ key.T  # (B, B); the target of row i is column i
+        forward = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        backward = F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)
+        return (forward + backward) / 2
+    target = target[rows]  # (R,) each row's own column of the whole batch
+    row_logits = logit_scale * query[rows] @ key.T  # (R, B): rows R of the logits
+    column_logits = logit_scale * key[rows] @ query.T  # (R, B): columns R, transposed
+    forward = F.cross_entropy(row_logits, target, label_smoothing=label_smoothing)
+    backward = F.cross_entropy(column_logits, target, label_smoothing=label_smoothing)
     return (forward + backward) / 2
 
 
@@ -108,8 +121,9 @@ class CLIPLoss(nn.Module):
         """``1/τ``, clamped at ``max_logit_scale``."""
         return log_scale_of(self).clamp(max=math.log(self.max_logit_scale)).exp()
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those pairs in both directions (``clip_loss``)."""
         batch.require("clip", "key")
         assert batch.key is not None
         return clip_loss(batch.query, batch.key, logit_scale=self.logit_scale,
-                         label_smoothing=self.label_smoothing)
+                         label_smoothing=self.label_smoothing, rows=rows)

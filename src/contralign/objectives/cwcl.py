@@ -52,15 +52,17 @@ REMEDIES = {"key": "set objective.momentum: 1.0",
             "query": "set objective.weights_from: key and objective.momentum: 1.0"}
 
 
-def intra_modal_weights(embeddings: Tensor) -> Tensor:
-    """``(B, B)`` ``(1 + cos(e_i, e_j)) / 2`` normalised per row, without gradient.
+def intra_modal_weights(embeddings: Tensor, rows: slice | None = None) -> Tensor:
+    """``(R, B)`` ``(1 + cos(e_i, e_j)) / 2`` normalised per row, without gradient.
 
     Args:
         embeddings: ``(B, D)`` the pretrained side's embeddings.
+        rows: the rows i to compute (default all B).
     """
     with torch.no_grad():
         unit = F.normalize(embeddings, dim=-1)
-        weights = (1 + unit @ unit.T) / 2  # (B, B) in [0, 1]; 1 on the diagonal
+        own = unit if rows is None else unit[rows]  # (R, D)
+        weights = (1 + own @ unit.T) / 2  # (R, B) in [0, 1]; 1 on each row's own column
         return weights / weights.sum(dim=1, keepdim=True)
 
 
@@ -71,6 +73,7 @@ def cwcl(
     temperature: float | Tensor = 0.07,
     weights_from: WeightsFrom = "key",
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """CWCL between paired embeddings (arXiv:2309.14580, eq. 3 and its reverse).
 
@@ -81,6 +84,11 @@ def cwcl(
         weights_from: the pretrained side whose intra-modal similarity gives the targets.
         symmetric: average the ``query → key`` and ``key → query`` directions; otherwise only
             ``query → key`` (query rows against key candidates).
+        rows: the pairs ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): their query rows against every key and (when
+            symmetric) their key rows against every query, each the mean over ``|R|``, with
+            their rows of the targets; ``|R| × B`` logits a direction. The ``|R|/B``-weighted
+            sum over processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -94,12 +102,17 @@ def cwcl(
     if weights_from not in WEIGHTS_FROM:
         raise ValueError(f"cwcl: weights_from must be one of {WEIGHTS_FROM}, got "
                          f"{weights_from!r}")
-    targets = intra_modal_weights(key if weights_from == "key" else query)  # (B, B), symmetric
-    logits = F.normalize(query, dim=-1) @ F.normalize(key, dim=-1).T / temperature  # (B, B)
+    # (R, B); the weights are symmetric, so row i serves both directions
+    targets = intra_modal_weights(key if weights_from == "key" else query, rows)
+    query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+    own = slice(None) if rows is None else rows
+    logits = query[own] @ key.T / temperature  # (R, B)
     loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     if not symmetric:
         return loss
-    reverse = -(targets * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    # (R, B): key rows R against every query (all B rows: the transpose, as one process has it)
+    reverse_logits = logits.T if rows is None else key[rows] @ query.T / temperature
+    reverse = -(targets * F.log_softmax(reverse_logits, dim=1)).sum(dim=1).mean()
     return (loss + reverse) / 2
 
 
@@ -141,7 +154,8 @@ class CWCLLoss(nn.Module):
     def temperature(self) -> Tensor:
         return temperature_of(self)
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those pairs in both directions (``cwcl``)."""
         batch.require("cwcl", "key")
         assert batch.key is not None
         if batch.negatives is not None:
@@ -156,4 +170,4 @@ class CWCLLoss(nn.Module):
                 side=self.weights_from, remedy=REMEDIES[self.weights_from]), UserWarning,
                 stacklevel=1)
         return cwcl(batch.query, batch.key, temperature=self.temperature,
-                    weights_from=self.weights_from, symmetric=self.symmetric)
+                    weights_from=self.weights_from, symmetric=self.symmetric, rows=rows)

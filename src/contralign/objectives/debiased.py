@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded
+from contralign.objectives.inputs import Embedded, own_columns
 from contralign.objectives.temperature import Temperature, check_temperature
 
 Candidates = Literal["both_views", "other_view"]
@@ -55,6 +55,7 @@ def pair_logits(
     temperature: float,
     candidates: Candidates = "both_views",
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Cosine logits of every anchor's positive and of its negatives.
 
@@ -75,28 +76,35 @@ def pair_logits(
         temperature: t; logits are ``cos / t``.
         candidates: which in-batch items are negatives (above).
         symmetric: also use the keys as anchors.
+        rows: only the anchors of these pairs (query rows, then key rows), against every
+            candidate of the batch: one process's share of a multi-process run
+            (``contralign.training.distributed``); all B by default.
 
     Returns:
-        ``(R,)`` positive logits, ``(R, M)`` negative logits and ``(R, M)`` bool, True where the
-        column is a negative of the row (``R = 2B`` when symmetric, else ``B``).
+        ``(A,)`` positive logits, ``(A, M)`` negative logits and ``(A, M)`` bool, True where the
+        column is a negative of the row (``A = 2R`` when symmetric, else ``R``, with R the
+        pairs of ``rows``).
     """
     q, k = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
     batch = q.shape[0]
-    eye = torch.eye(batch, dtype=torch.bool, device=q.device)
-    positive = (q * k).sum(-1) / temperature  # (B,)
+    rows = slice(0, batch) if rows is None else rows
+    q_own, k_own = q[rows], k[rows]  # (R, D) the anchors
+    count = q_own.shape[0]
+    eye = own_columns(rows, batch, q.device)  # (R, B): each anchor's own item
+    positive = (q_own * k_own).sum(-1) / temperature  # (R,)
     if candidates == "both_views":
-        q_rows = torch.cat([q @ q.T, q @ k.T], dim=1) / temperature  # (B, 2B): self, own positive
-        k_rows = torch.cat([k @ k.T, k @ q.T], dim=1) / temperature  # (B, 2B)
-        keep = ~torch.cat([eye, eye], dim=1)  # (B, 2B)
+        q_rows = torch.cat([q_own @ q.T, q_own @ k.T], dim=1) / temperature  # (R, 2B)
+        k_rows = torch.cat([k_own @ k.T, k_own @ q.T], dim=1) / temperature  # (R, 2B)
+        keep = ~torch.cat([eye, eye], dim=1)  # (R, 2B): not itself, not its own positive
     else:
-        q_rows, k_rows, keep = q @ k.T / temperature, k @ q.T / temperature, ~eye  # (B, B)
+        q_rows, k_rows, keep = q_own @ k.T / temperature, k_own @ q.T / temperature, ~eye
     q_keep, k_keep = keep, keep
     if negatives is not None:
         hard = F.normalize(negatives, dim=-1).flatten(0, 1)  # (B·K, D), row-major
-        q_rows = torch.cat([q_rows, q @ hard.T / temperature], dim=1)
-        k_rows = torch.cat([k_rows, k_rows.new_zeros(batch, hard.shape[0])], dim=1)
-        q_keep = torch.cat([keep, keep.new_ones(batch, hard.shape[0])], dim=1)
-        k_keep = torch.cat([keep, keep.new_zeros(batch, hard.shape[0])], dim=1)
+        q_rows = torch.cat([q_rows, q_own @ hard.T / temperature], dim=1)
+        k_rows = torch.cat([k_rows, k_rows.new_zeros(count, hard.shape[0])], dim=1)
+        q_keep = torch.cat([keep, keep.new_ones(count, hard.shape[0])], dim=1)
+        k_keep = torch.cat([keep, keep.new_zeros(count, hard.shape[0])], dim=1)
     if not symmetric:
         return positive, q_rows, q_keep
     return (torch.cat([positive, positive]), torch.cat([q_rows, k_rows]),
@@ -143,6 +151,7 @@ def debiased_contrastive(
     tau_plus: float = 0.1,
     candidates: Candidates = "both_views",
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """Debiased contrastive loss (Chuang et al. 2020, arXiv:2007.00224, eq. 5 with the clamp).
 
@@ -154,6 +163,8 @@ def debiased_contrastive(
         tau_plus: class prior τ⁺ of a false negative (the paper's default 0.1); 0 gives NT-Xent.
         candidates: ``"both_views"`` (the paper: 2B − 2 negatives) or ``"other_view"`` (B − 1).
         symmetric: also use the keys as anchors; the loss is the mean over all anchors.
+        rows: only the anchors of these pairs, the mean over them (``pair_logits``); the
+            ``|R|/B``-weighted sum over the processes of a multi-process run is the whole loss.
 
     Returns:
         The scalar loss.
@@ -164,7 +175,8 @@ def debiased_contrastive(
     check_pairs("debiased", query, key, negatives)
     _check("debiased", temperature, tau_plus, candidates)
     positive, logits, keep = pair_logits(query, key, negatives, temperature=temperature,
-                                         candidates=candidates, symmetric=symmetric)
+                                         candidates=candidates, symmetric=symmetric,
+                                         rows=rows)
     count = keep.sum(dim=1).to(positive.dtype)  # (R,) N of each anchor
     return _estimator_loss(positive, masked_logsumexp(logits, keep), count, tau_plus,
                            temperature)
@@ -180,6 +192,7 @@ def hard_negative_contrastive(
     beta: float = 1.0,
     candidates: Candidates = "both_views",
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """Hard-negative contrastive loss (HCL; Robinson et al. 2021, arXiv:2010.04592).
 
@@ -196,6 +209,8 @@ def hard_negative_contrastive(
         beta: concentration β ≥ 0 (the authors' default 1.0); 0 gives the debiased loss.
         candidates: ``"both_views"`` (the paper: 2B − 2 negatives) or ``"other_view"`` (B − 1).
         symmetric: also use the keys as anchors.
+        rows: only the anchors of these pairs, the mean over them (``pair_logits``); the
+            ``|R|/B``-weighted sum over the processes of a multi-process run is the whole loss.
 
     Returns:
         The scalar loss.
@@ -208,7 +223,8 @@ def hard_negative_contrastive(
     if not 0 <= beta < math.inf:
         raise ValueError(f"hard_negative: beta must be finite and >= 0, got {beta}")
     positive, logits, keep = pair_logits(query, key, negatives, temperature=temperature,
-                                         candidates=candidates, symmetric=symmetric)
+                                         candidates=candidates, symmetric=symmetric,
+                                         rows=rows)
     count = keep.sum(dim=1).to(positive.dtype)  # (R,)
     # log( N · Σ e^{(1+β)s} / Σ e^{βs} ), −inf for an anchor without negatives.
     weighted = masked_logsumexp((1.0 + beta) * logits, keep, empty=0.0)
@@ -241,12 +257,14 @@ class DebiasedContrastiveLoss(nn.Module):
         self.candidates: Candidates = candidates
         self.symmetric = symmetric
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those pairs' anchors."""
         batch.require("debiased", "key")
         assert batch.key is not None
         return debiased_contrastive(
             batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
             tau_plus=self.tau_plus, candidates=self.candidates, symmetric=self.symmetric,
+            rows=rows,
         )
 
 
@@ -277,11 +295,12 @@ class HardNegativeContrastiveLoss(nn.Module):
         self.candidates: Candidates = candidates
         self.symmetric = symmetric
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those pairs' anchors."""
         batch.require("hard_negative", "key")
         assert batch.key is not None
         return hard_negative_contrastive(
             batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
             tau_plus=self.tau_plus, beta=self.beta, candidates=self.candidates,
-            symmetric=self.symmetric,
+            symmetric=self.symmetric, rows=rows,
         )

@@ -63,6 +63,7 @@ def decoupled_contrastive(
     weight_sigma: float | None = None,
     candidates: Candidates = "both_views",
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """Decoupled contrastive loss (arXiv:2110.06848), optionally vMF-weighted (DCLW).
 
@@ -74,6 +75,9 @@ def decoupled_contrastive(
         weight_sigma: σ of the DCLW weighting (the paper uses 0.5); None is plain DCL.
         candidates: ``"both_views"`` (the paper: 2B − 2 negatives) or ``"other_view"`` (B − 1).
         symmetric: also use the keys as anchors (the paper); the loss is the mean over anchors.
+        rows: only the anchors of these pairs, the mean over them (``pair_logits``); the DCLW
+            weights still come from the whole batch. The ``|R|/B``-weighted sum over the
+            processes of a multi-process run is the whole loss.
 
     Returns:
         The scalar loss (it can be negative: the positive is not in the denominator).
@@ -85,13 +89,15 @@ def decoupled_contrastive(
     check_pairs("decoupled", query, key, negatives)
     _check(temperature, weight_sigma, candidates)
     positive, logits, keep = pair_logits(query, key, negatives, temperature=temperature,
-                                         candidates=candidates, symmetric=symmetric)
+                                         candidates=candidates, symmetric=symmetric,
+                                         rows=rows)
     if not bool(keep.any(dim=1).all()):
         raise BatchError("decoupled: every anchor needs a negative; got a batch of "
                          f"{query.shape[0]} pair(s) without enough candidates (raise "
                          "train.batch_size, or set train.drop_last: true)")
     if weight_sigma is not None:
         weights = von_mises_fisher_weights(query, key, weight_sigma)  # (B,), same both ways
+        weights = weights if rows is None else weights[rows]  # (R,) a batch softmax's rows
         positive = positive * (torch.cat([weights, weights]) if symmetric else weights)
     return (masked_logsumexp(logits, keep) - positive).mean()
 
@@ -120,10 +126,12 @@ class DecoupledContrastiveLoss(nn.Module):
         self.candidates: Candidates = candidates
         self.symmetric = symmetric
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those pairs' anchors."""
         batch.require("decoupled", "key")
         assert batch.key is not None
         return decoupled_contrastive(
             batch.query, batch.key, negatives=batch.negatives, temperature=self.temperature,
             weight_sigma=self.weight_sigma, candidates=self.candidates, symmetric=self.symmetric,
+            rows=rows,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -42,3 +43,14 @@ class Embedded:
         if missing:
             raise ValueError(f"{objective}: needs {', '.join(missing)} in the batch "
                              "(map the data's columns to those roles)")
+
+
+def own_columns(rows: slice, count: int, device: torch.device) -> Tensor:
+    """``(R, count)`` bool: True where row i of ``rows`` meets its own column, ``start + i``.
+
+    An objective that scores only some anchor rows of the batch (``rows``, one process's share
+    in a multi-process run) marks each row's target or self-similarity with it; with all rows
+    it is the identity.
+    """
+    columns = torch.arange(count, device=device)
+    return columns[rows, None] == columns[None, :]

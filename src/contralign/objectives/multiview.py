@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded
+from contralign.objectives.inputs import Embedded, own_columns
 from contralign.objectives.temperature import Temperature, check_temperature
 
 Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
@@ -34,37 +34,38 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"nt_xent: {name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def _pairwise(views: Tensor, scale: Tensor | float) -> Tensor:
-    """Mean over ordered view pairs (α ≠ β) of the α → β NT-Xent direction."""
+def _pairwise(views: Tensor, scale: Tensor | float, rows: slice) -> Tensor:
+    """Mean over ordered view pairs (α ≠ β) of the α → β NT-Xent direction, for the anchor
+    items ``rows`` (R of them) against every item."""
     batch, num_views, _ = views.shape
-    sims = scale * torch.einsum("bvd,cwd->vwbc", views, views)  # (V, V, B, B): view α of b · β of c
-    eye = torch.eye(batch, dtype=torch.bool, device=views.device)
-    same_view = torch.diagonal(sims, dim1=0, dim2=1).permute(2, 0, 1)  # (V, B, B): α against α
-    same_view = same_view.masked_fill(eye, float("-inf"))  # an anchor is not its own candidate
+    # (V, V, R, B): view α of anchor item b · view β of item c
+    sims = scale * torch.einsum("bvd,cwd->vwbc", views[rows], views)
+    own = own_columns(rows, batch, views.device)  # (R, B)
+    same_view = torch.diagonal(sims, dim1=0, dim2=1).permute(2, 0, 1)  # (V, R, B): α against α
+    same_view = same_view.masked_fill(own, float("-inf"))  # an anchor is not its own candidate
     # Row (α, β, i): candidates are view β of every item (target: item i) and view α of the others.
     logits = torch.cat([sims, same_view[:, None].expand(-1, num_views, -1, -1)], dim=-1)
-    log_prob = torch.diagonal(logits.log_softmax(dim=-1)[..., :batch], dim1=2, dim2=3)  # (V, V, B)
+    log_prob = torch.diagonal(logits.log_softmax(dim=-1)[..., rows], dim1=2, dim2=3)  # (V, V, R)
     off_diagonal = ~torch.eye(num_views, dtype=torch.bool, device=views.device)  # pairs α ≠ β
     return -log_prob[off_diagonal].mean()
 
 
-def _multi_positive(sims: Tensor, positive: Tensor, num_views: int) -> Tensor:
+def _multi_positive(sims: Tensor, positive: Tensor, own: Tensor, num_views: int) -> Tensor:
     """SupCon-style: mean log-probability of the V − 1 positives among all B·V − 1 candidates."""
-    eye = torch.eye(sims.shape[0], dtype=torch.bool, device=sims.device)
-    log_prob = sims.masked_fill(eye, float("-inf")).log_softmax(dim=1)  # (N, N)
+    log_prob = sims.masked_fill(own, float("-inf")).log_softmax(dim=1)  # (R·V, N)
     return -torch.where(positive, log_prob, 0.0).sum(dim=1).div(num_views - 1).mean()
 
 
 def _poly_view(sims: Tensor, positive: Tensor, same_item: Tensor, num_views: int) -> Tensor:
     """Poly-view (geometric): for anchor a and positive p, the candidates are p and every other
     item's views; the mean over the V − 1 positives of −log r."""
-    rows = sims.shape[0]
-    pos_sims = sims[positive].view(rows, num_views - 1)  # (N, V-1) the anchor's positives
-    if rows > num_views:  # there are other items
-        negative_lse = sims.masked_fill(same_item, float("-inf")).logsumexp(dim=1)  # (N,)
+    anchors, candidates = sims.shape
+    pos_sims = sims[positive].view(anchors, num_views - 1)  # (R·V, V-1) the anchor's positives
+    if candidates > num_views:  # there are other items
+        negative_lse = sims.masked_fill(same_item, float("-inf")).logsumexp(dim=1)  # (R·V,)
     else:  # one item: no negatives; a constant keeps an all -inf logsumexp out of the graph
-        negative_lse = sims.new_full((rows,), float("-inf"))
-    log_prob = pos_sims - torch.logaddexp(pos_sims, negative_lse[:, None])  # (N, V-1)
+        negative_lse = sims.new_full((anchors,), float("-inf"))
+    log_prob = pos_sims - torch.logaddexp(pos_sims, negative_lse[:, None])  # (R·V, V-1)
     return -log_prob.mean()  # the log of the geometric mean of the ratios, mean over anchors
 
 
@@ -74,6 +75,7 @@ def nt_xent(
     temperature: float | Tensor = 0.5,
     aggregation: Aggregation = "multi_positive",
     normalize: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """NT-Xent over ``V ≥ 2`` views of each item, in-batch negatives from the other items.
 
@@ -111,6 +113,10 @@ def nt_xent(
             lightly's default; its ImageNet runs use 0.1).
         aggregation: ``"multi_positive"``, ``"pairwise"`` or ``"poly_view"``.
         normalize: compare by cosine (L2-normalise first) rather than by dot product.
+        rows: the items ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): only the anchors of their views (all V of
+            them) against every embedding, the mean over those anchors; ``V·|R| × V·B`` logits
+            are held. The ``|R|/B``-weighted sum over processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -125,15 +131,19 @@ def nt_xent(
         views = F.normalize(views, dim=-1)
     scale = 1.0 / temperature
     batch, num_views, dim = views.shape
+    rows = slice(0, batch) if rows is None else rows
     if aggregation == "pairwise":
-        return _pairwise(views, scale)
+        return _pairwise(views, scale, rows)
     flat = views.reshape(batch * num_views, dim)  # (N, D), row b·V + v
-    sims = scale * flat @ flat.T  # (N, N)
+    start, stop, _ = rows.indices(batch)
+    anchors = slice(start * num_views, stop * num_views)  # the views of items R: rows of flat
+    sims = scale * flat[anchors] @ flat.T  # (R·V, N)
     item = torch.arange(batch, device=views.device).repeat_interleave(num_views)  # (N,)
-    same_item = item[:, None] == item[None, :]  # (N, N)
-    positive = same_item & ~torch.eye(len(item), dtype=torch.bool, device=views.device)
+    same_item = item[anchors, None] == item[None, :]  # (R·V, N)
+    own = own_columns(anchors, len(item), views.device)  # (R·V, N): the anchor itself
+    positive = same_item & ~own
     if aggregation == "multi_positive":
-        return _multi_positive(sims, positive, num_views)
+        return _multi_positive(sims, positive, own, num_views)
     return _poly_view(sims, positive, same_item, num_views)
 
 
@@ -172,6 +182,7 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
         self.aggregation: Aggregation = aggregation
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those items' anchors (``nt_xent``)."""
         return nt_xent(views_of(batch, "nt_xent"), temperature=self.temperature,
-                       aggregation=self.aggregation)
+                       aggregation=self.aggregation, rows=rows)

@@ -40,6 +40,7 @@ def one_to_k_contrastive(
     *,
     temperature: float | Tensor = 0.07,
     symmetric: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """1-to-K contrastive loss between anchors and their K aligned views (arXiv:2406.18254).
 
@@ -50,6 +51,11 @@ def one_to_k_contrastive(
         symmetric: the authors' two-direction loss ``(L_i2t + L_t2i) / (2K)``; otherwise the
             anchors → views direction alone, ``L_i2t / K`` (ours: the authors' code has no
             one-direction form).
+        rows: the items ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): their anchors against every view and (when
+            symmetric) their views against every anchor, means over ``|R|`` anchors and
+            ``|R|·K`` views; ``|R| × B·K`` and ``|R|·K × B`` logits. The ``|R|/B``-weighted sum
+            over processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -64,6 +70,8 @@ def one_to_k_contrastive(
     batch, k = views.shape[:2]
     anchors = F.normalize(query, dim=-1)
     flat = F.normalize(views, dim=-1).flatten(0, 1)  # (B·K, D); row i·K + k is v_{i,k}
+    if rows is not None:
+        return _one_to_k_rows(anchors, flat, k, temperature, symmetric, rows)
     logits = anchors @ flat.T / temperature  # (B, B·K)
     log_probs = F.log_softmax(logits, dim=1).view(batch, batch, k)  # (B, B, K)
     # [i, i, k] is anchor i's log-probability of its own view k.
@@ -76,6 +84,23 @@ def one_to_k_contrastive(
     views_to_anchors = F.nll_loss(reverse, target)  # L_t2i: mean over the B·K views
     # (L_i2t + L_t2i) / (2K), as the authors' code: the views → anchors mean is divided by K too.
     return (anchors_to_views + views_to_anchors / k) / 2
+
+
+def _one_to_k_rows(anchors: Tensor, flat: Tensor, k: int, temperature: float | Tensor,
+                   symmetric: bool, rows: slice) -> Tensor:
+    """``one_to_k_contrastive`` of the items ``rows`` only, from unit ``(B, D)`` anchors and
+    unit ``(B·K, D)`` views: the same terms, each averaged over these items' rows."""
+    batch = anchors.shape[0]
+    logits = anchors[rows] @ flat.T / temperature  # (R, B·K)
+    log_probs = F.log_softmax(logits, dim=1).view(-1, batch, k)  # (R, B, K)
+    own = log_probs[:, rows].diagonal(dim1=0, dim2=1)  # (K, R): row i's own views, item start + i
+    anchors_to_views = -own.mean()
+    if not symmetric:
+        return anchors_to_views
+    start, stop, _ = rows.indices(batch)
+    reverse = F.log_softmax(flat[start * k : stop * k] @ anchors.T / temperature, dim=1)  # (R·K, B)
+    target = torch.arange(start, stop, device=anchors.device).repeat_interleave(k)  # (R·K,)
+    return (anchors_to_views + F.nll_loss(reverse, target) / k) / 2
 
 
 class OneToKContrastiveLoss(nn.Module):
@@ -107,11 +132,12 @@ class OneToKContrastiveLoss(nn.Module):
     def temperature(self) -> Tensor:
         return temperature_of(self)
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those items (``one_to_k_contrastive``)."""
         batch.require("one_to_k", "views")
         assert batch.views is not None
         if batch.key is not None or batch.negatives is not None:
             raise ValueError("one_to_k: reads query (anchors) and views (their K aligned views) "
                              "only; put every aligned view in views, not in key or negatives")
         return one_to_k_contrastive(batch.query, batch.views, temperature=self.temperature,
-                                    symmetric=self.symmetric)
+                                    symmetric=self.symmetric, rows=rows)

@@ -95,16 +95,18 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.multiview.NTXentLoss", (),
         "arXiv:2002.05709 (SimCLR); arXiv:1906.05849 (CMC); arXiv:2403.05490",
         "NT-Xent over V >= 2 views: pairwise (CMC), multi-positive, or poly-view (geometric).",
+        split="rows",
     ),
     "clip": ObjectiveInfo(
         "contralign.objectives.clip.CLIPLoss", ("key",),
         "arXiv:2103.00020 (CLIP); arXiv:2102.05918 (ALIGN)",
         "Symmetric softmax loss with a learned temperature clamped at 0.01, label smoothing.",
+        split="rows",
     ),
     "siglip": ObjectiveInfo(
         "contralign.objectives.sigmoid.SigLIPLoss", ("key",), "arXiv:2303.15343 (SigLIP)",
         "Pairwise sigmoid loss with learned temperature and bias.",
-        tiled=True,
+        split="rows", tiled=True,
     ),
     "supcon": ObjectiveInfo(
         "contralign.objectives.supervised.SupConLoss", ("labels",), "arXiv:2004.11362 (SupCon)",
@@ -114,16 +116,19 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.debiased.DebiasedContrastiveLoss", ("key",),
         "arXiv:2007.00224 (debiased contrastive)",
         "NT-Xent with the negative term debiased by a positive-class prior tau_plus.",
+        split="rows",
     ),
     "hard_negative": ObjectiveInfo(
         "contralign.objectives.debiased.HardNegativeContrastiveLoss", ("key",),
         "arXiv:2010.04592 (hard negative sampling)",
         "Debiased contrastive with negatives reweighted by their hardness (concentration beta).",
+        split="rows",
     ),
     "decoupled": ObjectiveInfo(
         "contralign.objectives.decoupled.DecoupledContrastiveLoss", ("key",),
         "arXiv:2110.06848 (DCL/DCLW)",
         "Positive removed from the denominator; optional von Mises-Fisher weighting (DCLW).",
+        split="rows",
     ),
     "align_uniform": ObjectiveInfo(
         "contralign.objectives.geometry.AlignUniformLoss", ("key",),
@@ -133,13 +138,14 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "cwcl": ObjectiveInfo(
         "contralign.objectives.cwcl.CWCLLoss", ("key",), "arXiv:2309.14580 (CWCL)",
         "Cross-modal softmax against soft targets from one side's own similarities.",
-        optional_momentum_keys=True,
+        optional_momentum_keys=True, split="rows",
     ),
     "one_to_k": ObjectiveInfo(
         "contralign.objectives.one_to_k.OneToKContrastiveLoss", ("views",),
         "arXiv:2406.18254 (1-to-K contrastive, KDD 2024)",
         "One anchor against its K aligned views at once, both directions weighted as the "
         "authors' code ((L_i2t + L_t2i) / 2K).",
+        split="rows",
     ),
     "moco": ObjectiveInfo(
         "contralign.objectives.momentum.MoCoLoss", ("key",),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded
+from contralign.objectives.inputs import Embedded, own_columns
 from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_sigmoid_loss
 
 # SigLIP initialises t' = log 10 and b = −10, so training starts near the prior of few positives.
@@ -30,6 +30,7 @@ def sigmoid_loss(
     logit_scale: float | Tensor,
     logit_bias: float | Tensor,
     normalize: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """SigLIP's sigmoid loss over all ``B × B`` pairs (arXiv:2303.15343, Algorithm 1).
 
@@ -43,6 +44,10 @@ def sigmoid_loss(
         logit_scale: t, already exponentiated (a tensor to learn it).
         logit_bias: b (a tensor to learn it).
         normalize: compare by cosine (L2-normalise first) rather than by dot product.
+        rows: the queries ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): only their ``|R| × B`` block of pairs, summed
+            and divided by ``|R|``. The ``|R|/B``-weighted sum over processes is the whole
+            batch's loss.
 
     Returns:
         The scalar loss.
@@ -56,10 +61,12 @@ def sigmoid_loss(
     if normalize:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
     batch = query.shape[0]
-    logits = logit_scale * query @ key.T + logit_bias  # (B, B)
-    eye = torch.eye(batch, dtype=logits.dtype, device=logits.device)
-    signs = 2 * eye - 1  # (B, B): +1 for the matching pair, −1 for every other
-    return -F.logsigmoid(signs * logits).sum() / batch
+    rows = slice(0, batch) if rows is None else rows
+    anchors = query[rows]  # (R, D)
+    logits = logit_scale * anchors @ key.T + logit_bias  # (R, B)
+    own = own_columns(rows, batch, logits.device)  # (R, B): row i of R matches column start + i
+    signs = 2 * own.to(logits.dtype) - 1  # +1 for the matching pair, −1 for every other
+    return -F.logsigmoid(signs * logits).sum() / anchors.shape[0]
 
 
 class SigLIPLoss(nn.Module):
@@ -101,11 +108,15 @@ class SigLIPLoss(nn.Module):
             self.register_buffer("log_scale", log_scale)
             self.register_buffer("bias", bias)
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows`` (untiled only), that of those queries' pairs
+        (``sigmoid_loss``)."""
         batch.require("siglip", "key")
         assert batch.key is not None
+        if rows is not None and self.tiled:
+            raise ValueError("siglip: rows needs tiled: false")
         if self.tiled:
             return tiled_sigmoid_loss(batch.query, batch.key, logit_scale=self.log_scale.exp(),
                                       logit_bias=self.bias, tile_size=self.tile_size)
         return sigmoid_loss(batch.query, batch.key, logit_scale=self.log_scale.exp(),
-                            logit_bias=self.bias)
+                            logit_bias=self.bias, rows=rows)
