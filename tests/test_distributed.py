@@ -92,12 +92,12 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out_dir: str,
 
 
 def _compare(cases: list[tuple[str, str, dict[str, Any], str]], model_dir: Path,
-             tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, free_port(), str(model_dir), str(tmp_path), cases), nprocs=2,
-             join=True)
+             tmp_path: Path, world: int = 2) -> None:
+    mp.spawn(_worker, args=(world, free_port(), str(model_dir), str(tmp_path), cases),
+             nprocs=world, join=True)
     for case, name, params, kind in cases:
         expected = train_three_steps(model_dir, name, params, kind)  # one process, plain path
-        ranks = [load_file(str(tmp_path / f"{case}-rank{r}.safetensors")) for r in (0, 1)]
+        ranks = [load_file(str(tmp_path / f"{case}-rank{r}.safetensors")) for r in range(world)]
         for got in ranks:
             assert got["losses"].tolist() == pytest.approx(expected["losses"].tolist(), rel=RTOL)
             for prefix in ("grad.", "final."):
@@ -107,8 +107,8 @@ def _compare(cases: list[tuple[str, str, dict[str, Any], str]], model_dir: Path,
             updates = {k: expected[f"final.{k[8:]}"] - v for k, v in expected.items()
                        if k.startswith("initial.") and f"final.{k[8:]}" in expected}
             assert_close_relative({k: got[f"final.{k[8:]}"] - got[k] for k in updates}, updates)
-        for key in ranks[0]:  # both ranks hold the same model
-            assert torch.equal(ranks[0][key], ranks[1][key]), (case, key)
+        for key in ranks[0]:  # every rank holds the same model
+            assert all(torch.equal(ranks[0][key], other[key]) for other in ranks[1:]), (case, key)
 
 
 def test_two_processes_equal_one_for_each_strategy(tiny_model_dir: Path, tmp_path: Path):
@@ -120,6 +120,21 @@ def test_two_processes_equal_one_for_each_strategy(tiny_model_dir: Path, tmp_pat
     assert {make_task(tiny_model_dir, c[1], c[2]).split for c in cases} == {
         "rows", "full", "local"}
     _compare(cases, tiny_model_dir, tmp_path)
+
+
+# Objectives that compute only their own rows of the logits (split "rows", issue 13).
+LOCAL_ROWS = ("clip", "siglip", "nt_xent", "one_to_k", "decoupled-dclw")
+
+
+def test_three_processes_equal_one_for_local_rows(tiny_model_dir: Path, tmp_path: Path):
+    """Three processes (batches of 8, 7, 8 rows cut 3 + 3 + 2, 3 + 2 + 2), each scoring only
+    its own rows against the gathered batch: clip (both directions), siglip (its block of
+    pairs), nt_xent (three views), one_to_k, DCLW (weights of the whole batch) train like one
+    process. The slow test below covers the other rows objectives with two."""
+    cases = [c for c in CASES if c[0] in LOCAL_ROWS]
+    assert len(cases) == len(LOCAL_ROWS)
+    assert {make_task(tiny_model_dir, c[1], c[2]).split for c in cases} == {"rows"}
+    _compare(cases, tiny_model_dir, tmp_path, world=3)
 
 
 @pytest.mark.slow
