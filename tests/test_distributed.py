@@ -123,14 +123,15 @@ def test_two_processes_equal_one_for_each_strategy(tiny_model_dir: Path, tmp_pat
 
 
 # Objectives that compute only their own rows of the logits (split "rows", issue 13).
-LOCAL_ROWS = ("clip", "siglip", "nt_xent", "one_to_k", "decoupled-dclw")
+LOCAL_ROWS = ("clip", "siglip", "nt_xent", "one_to_k", "decoupled-dclw", "supcon", "conr")
 
 
 def test_three_processes_equal_one_for_local_rows(tiny_model_dir: Path, tmp_path: Path):
     """Three processes (batches of 8, 7, 8 rows cut 3 + 3 + 2, 3 + 2 + 2), each scoring only
     its own rows against the gathered batch: clip (both directions), siglip (its block of
-    pairs), nt_xent (three views), one_to_k, DCLW (weights of the whole batch) train like one
-    process. The slow test below covers the other rows objectives with two."""
+    pairs), nt_xent (three views), one_to_k, DCLW (weights of the whole batch), SupCon (the
+    mean over the whole batch's anchors with a positive) and ConR train like one process. The
+    slow test below covers the other rows objectives with two."""
     cases = [c for c in CASES if c[0] in LOCAL_ROWS]
     assert len(cases) == len(LOCAL_ROWS)
     assert {make_task(tiny_model_dir, c[1], c[2]).split for c in cases} == {"rows"}

@@ -14,8 +14,14 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
-from reference_a import naive_clip, naive_nt_xent, naive_sigmoid
-from reference_b import naive_cwcl, naive_debiased, naive_decoupled, naive_one_to_k
+from reference_a import naive_clip, naive_nt_xent, naive_sigmoid, naive_supcon
+from reference_b import (
+    naive_conr,
+    naive_cwcl,
+    naive_debiased,
+    naive_decoupled,
+    naive_one_to_k,
+)
 from torch import Tensor
 from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -28,7 +34,9 @@ from contralign.objectives.decoupled import decoupled_contrastive
 from contralign.objectives.inputs import Embedded
 from contralign.objectives.multiview import nt_xent
 from contralign.objectives.one_to_k import one_to_k_contrastive
+from contralign.objectives.regression import conr
 from contralign.objectives.sigmoid import sigmoid_loss
+from contralign.objectives.supervised import supcon
 from contralign.training.distributed import Shard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,17 +173,60 @@ def test_one_to_k_rows_sum_to_the_batch_loss(symmetric: bool) -> None:
     assert_split_equals(loss, naive, [query, views])
 
 
+# Labels of the B items: item 3 is alone in its class (an anchor without positive with 1 view).
+LABELS = torch.tensor([0, 1, 0, 2, 1, 0, 1])
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("num_views", [1, 2])
+def test_supcon_rows_sum_to_the_batch_loss(variant: str, num_views: int) -> None:
+    """The mean stays over the whole batch's anchors that have a positive, though the shards
+    hold different numbers of them."""
+    (views,) = leaves((B, num_views, D))
+
+    def loss(rows: slice | None) -> Tensor:
+        return supcon(views, LABELS, temperature=0.3, variant=variant,  # type: ignore[arg-type]
+                      base_temperature=0.5, rows=rows)
+
+    naive = naive_supcon(views, LABELS, 0.3, variant) * (0.3 / 0.5)
+    assert_split_equals(loss, naive, [views])
+
+
+def test_supcon_rows_without_any_positive_are_zero() -> None:
+    (views,) = leaves((B, 1, D))
+    loss = supcon(views, torch.arange(B), rows=slice(0, 3))
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
+
+
+@pytest.mark.parametrize("two_views", [False, True])
+def test_conr_rows_sum_to_the_batch_loss(two_views: bool) -> None:
+    query, key, push = leaves((B, D), (B, D), (B,))
+    scores = torch.tensor([0.0, 0.5, 3.0, 3.2, 0.2, 6.0, 2.9], dtype=torch.float64)
+    options: dict[str, Any] = {"key": key if two_views else None,
+                               "push_weights": push.detach().abs() + 0.5,
+                               "predictions": scores.flip(0), "threshold": 1.0,
+                               "temperature": 0.2}
+
+    def loss(rows: slice | None) -> Tensor:
+        return conr(query, scores, rows=rows, **options)
+
+    inputs = [query, key] if two_views else [query]
+    assert_split_equals(loss, naive_conr(query, scores, **options), inputs)
+
+
 def embedded_for(name: str, seed: int = 1) -> tuple[Embedded, list[Tensor]]:
     """A float64 batch of B rows holding what objective ``name`` reads, and its leaves."""
     query, key, views = leaves((B, D), (B, D), (B, 3, D), seed=seed)
-    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2])
+    scores = torch.tensor([0.0, 0.5, 3.0, 3.2, 0.2, 6.0, 2.9], dtype=torch.float64)
     match name:
         case "one_to_k":
             return Embedded(query=query, views=views), [query, views]
         case "nt_xent":
             return Embedded(query=query, views=views), [views]
         case "supcon":
-            return Embedded(query=query, key=key, labels=labels), [query, key]
+            return Embedded(query=query, key=key, labels=LABELS), [query, key]
+        case "conr":
+            return Embedded(query=query, key=key, scores=scores), [query, key]
     return Embedded(query=query, key=key), [query, key]
 
 

@@ -111,6 +111,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     "supcon": ObjectiveInfo(
         "contralign.objectives.supervised.SupConLoss", ("labels",), "arXiv:2004.11362 (SupCon)",
         "Supervised contrastive: every item with the same label is a positive.",
+        split="rows",
     ),
     "debiased": ObjectiveInfo(
         "contralign.objectives.debiased.DebiasedContrastiveLoss", ("key",),
@@ -178,6 +179,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.regression.ConRLoss", ("scores",),
         "arXiv:2309.06651 (ConR, ICLR 2024)",
         "Contrastive regulariser for imbalanced regression on the score role.",
+        split="rows",
     ),
     "distill_mse": ObjectiveInfo(
         "contralign.objectives.distillation.DistillMSELoss", ("key", "targets"),

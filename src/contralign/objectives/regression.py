@@ -45,17 +45,20 @@ def _check(threshold: float, temperature: float, push_rate: float) -> None:
 
 
 def _pair_masks(
-    targets: Tensor, guesses: Tensor | None, threshold: float
+    targets: Tensor, guesses: Tensor | None, threshold: float,
+    anchors: Tensor | slice = slice(None),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(R, R)`` label distances, positive and negative masks from ``(R,)`` targets (and
-    predictions): positives within ω (not the anchor itself), negatives beyond ω (and, given
-    predictions, predicted within ω of the anchor's prediction)."""
-    distance = (targets[:, None] - targets[None, :]).abs()  # (R, R)
-    eye = torch.eye(targets.shape[0], dtype=torch.bool, device=targets.device)
-    positive = (distance <= threshold) & ~eye
+    """``(A, R)`` label distances, positive and negative masks of the anchor rows ``anchors``
+    (default all R) from ``(R,)`` targets (and predictions): positives within ω (not the anchor
+    itself), negatives beyond ω (and, given predictions, predicted within ω of the anchor's
+    prediction)."""
+    distance = (targets[anchors, None] - targets[None, :]).abs()  # (A, R)
+    columns = torch.arange(targets.shape[0], device=targets.device)
+    own = columns[anchors, None] == columns[None, :]  # (A, R): the anchor itself
+    positive = (distance <= threshold) & ~own
     negative = distance > threshold
     if guesses is not None:
-        negative = negative & ((guesses[:, None] - guesses[None, :]).abs() <= threshold)
+        negative = negative & ((guesses[anchors, None] - guesses[None, :]).abs() <= threshold)
     return distance, positive, negative
 
 
@@ -69,6 +72,7 @@ def conr(
     threshold: float = 1.0,
     temperature: float = 0.07,
     push_rate: float = 0.01,
+    rows: slice | None = None,
 ) -> Tensor:
     """ConR regulariser (arXiv:2309.06651) on features and their regression targets.
 
@@ -83,6 +87,10 @@ def conr(
         threshold: ω: targets within ω are positives (1 in the authors' code, ages in years).
         temperature: τ (0.07).
         push_rate: e in the pushing weight ``η·e^{e·|Δy|}`` (0.01).
+        rows: the items ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): only their anchor rows (both views), against
+            every row, the sum over them divided by their count; ``copies·|R| × copies·B``
+            logits. The ``|R|/B``-weighted sum over processes is the whole batch's loss.
 
     Returns:
         The scalar loss (0 when no anchor has both a positive and a negative).
@@ -106,18 +114,22 @@ def conr(
     weights = (torch.ones_like(targets) if push_weights is None
                else push_weights.detach().to(query.dtype).repeat(copies))  # (R,) η
     guesses = None if predictions is None else predictions.detach().to(query.dtype).repeat(copies)
-    distance, positive, negative = _pair_masks(targets, guesses, threshold)
+    anchors: Tensor | slice = slice(None)  # the anchor rows (A of them): all R by default
+    if rows is not None:  # items R's rows, in each copy: i and B + i
+        items = torch.arange(batch, device=query.device)[rows]
+        anchors = torch.cat([items + copy * batch for copy in range(copies)])  # (A,)
+    distance, positive, negative = _pair_masks(targets, guesses, threshold, anchors)
     z = F.normalize(features, dim=-1)
-    logits = z @ z.T / temperature  # (R, R)
-    valid = positive.any(dim=1) & negative.any(dim=1)  # (R,)
-    log_push = torch.log(weights)[:, None] + push_rate * distance  # (R, R) log S
+    logits = z[anchors] @ z.T / temperature  # (A, R)
+    valid = positive.any(dim=1) & negative.any(dim=1)  # (A,)
+    log_push = torch.log(weights[anchors])[:, None] + push_rate * distance  # (A, R) log S
     terms = torch.where(negative, logits + log_push, logits)
     keep = (positive | negative) & valid[:, None]
     safe = terms.masked_fill(~keep, -math.inf).masked_fill(~valid[:, None], 0.0)
-    log_denominator = torch.logsumexp(safe, dim=1)  # (R,)
-    positive_mean = (logits * positive).sum(dim=1) / positive.sum(dim=1).clamp_min(1)  # (R,)
+    log_denominator = torch.logsumexp(safe, dim=1)  # (A,)
+    positive_mean = (logits * positive).sum(dim=1) / positive.sum(dim=1).clamp_min(1)  # (A,)
     row_loss = torch.where(valid, log_denominator - positive_mean, 0.0)
-    return (weights * row_loss).sum() / features.shape[0]
+    return (weights[anchors] * row_loss).sum() / row_loss.shape[0]
 
 
 class ConRLoss(nn.Module):
@@ -143,11 +155,12 @@ class ConRLoss(nn.Module):
         _check(threshold, temperature, push_rate)
         self.threshold, self.temperature, self.push_rate = threshold, temperature, push_rate
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, that of those items' anchor rows (``conr``)."""
         batch.require("conr", "scores")
         assert batch.scores is not None
         if batch.negatives is not None:
             raise ValueError("conr: chooses its negatives from the scores; unmap the negative "
                              "column(s)")
         return conr(batch.query, batch.scores, key=batch.key, threshold=self.threshold,
-                    temperature=self.temperature, push_rate=self.push_rate)
+                    temperature=self.temperature, push_rate=self.push_rate, rows=rows)

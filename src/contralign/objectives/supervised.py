@@ -37,6 +37,7 @@ def supcon(
     variant: Variant = "out",
     base_temperature: float | None = None,
     normalize: bool = True,
+    rows: slice | None = None,
 ) -> Tensor:
     """The SupCon loss over ``N = B·V`` embeddings.
 
@@ -59,6 +60,12 @@ def supcon(
         base_temperature: if given, multiply the loss by ``τ / base_temperature``, as the official
             code does (its defaults τ = base = 0.07 make the factor 1). None: the paper's formula.
         normalize: compare by cosine (L2-normalise first) rather than by dot product.
+        rows: the items ``R`` of one process of a multi-process run
+            (``contralign.training.distributed``): only the anchors among their views, against
+            every embedding (``V·|R| × N`` logits). The mean is still over the anchors of the
+            whole batch that have a positive (M, counted from the labels), so the loss returned
+            is ``(B/|R|) · Σ_{its anchors} ℓ_i / M``, whose ``|R|/B``-weighted sum over
+            processes is the whole batch's loss.
 
     Returns:
         The scalar loss.
@@ -78,26 +85,54 @@ def supcon(
     batch, num_views, dim = views.shape
     flat = views.reshape(batch * num_views, dim)  # (N, D), row b·V + v
     flat_labels = labels.repeat_interleave(num_views)  # (N,)
-    eye = torch.eye(len(flat_labels), dtype=torch.bool, device=views.device)
-    positive = (flat_labels[:, None] == flat_labels[None, :]) & ~eye  # (N, N)
-    anchors = positive.any(dim=1)
-    if not anchors.any():
-        return (flat * 0.0).sum()  # no positive anywhere: 0, still attached to the graph
-    # Only anchors with a positive: an all -inf row would give NaN gradients through logsumexp.
-    sims = flat[anchors] @ flat.T / temperature  # (M, N)
-    log_prob = sims.masked_fill(eye[anchors], float("-inf")).log_softmax(dim=1)  # (M, N)
-    positive = positive[anchors]
-    counts = positive.sum(dim=1)  # (M,) |P(i)| ≥ 1
-    match variant:
-        case "out":
-            per_anchor = torch.where(positive, log_prob, 0.0).sum(dim=1) / counts
-        case "in":
-            positive_log_prob = log_prob.masked_fill(~positive, float("-inf"))
-            per_anchor = positive_log_prob.logsumexp(dim=1) - counts.to(log_prob.dtype).log()
-    loss = -per_anchor.mean()
+    if rows is not None:
+        loss = _supcon_rows(flat, flat_labels, temperature, variant, rows, num_views)
+    else:
+        eye = torch.eye(len(flat_labels), dtype=torch.bool, device=views.device)
+        positive = (flat_labels[:, None] == flat_labels[None, :]) & ~eye  # (N, N)
+        anchors = positive.any(dim=1)
+        if not anchors.any():
+            return (flat * 0.0).sum()  # no positive anywhere: 0, still attached to the graph
+        # Only anchors with a positive: an all -inf row would give NaN gradients (logsumexp).
+        sims = flat[anchors] @ flat.T / temperature  # (M, N)
+        loss = -_per_anchor(sims, eye[anchors], positive[anchors], variant).mean()
     if base_temperature is not None:
         loss = loss * (temperature / base_temperature)
     return loss
+
+
+def _per_anchor(sims: Tensor, own: Tensor, positive: Tensor, variant: Variant) -> Tensor:
+    """``(M,)`` ``−ℓ_i`` of anchors with a positive, from their ``(M, N)`` logits, the
+    anchor's own column and its positives' columns."""
+    log_prob = sims.masked_fill(own, float("-inf")).log_softmax(dim=1)  # (M, N)
+    counts = positive.sum(dim=1)  # (M,) |P(i)| ≥ 1
+    match variant:
+        case "out":
+            return torch.where(positive, log_prob, 0.0).sum(dim=1) / counts
+        case "in":
+            positive_log_prob = log_prob.masked_fill(~positive, float("-inf"))
+            return positive_log_prob.logsumexp(dim=1) - counts.to(log_prob.dtype).log()
+
+
+def _supcon_rows(flat: Tensor, flat_labels: Tensor, temperature: float | Tensor,
+                 variant: Variant, rows: slice, num_views: int) -> Tensor:
+    """SupCon's share of the items ``rows`` (``supcon``), from ``(N, D)`` embeddings and
+    ``(N,)`` labels: M, the anchors with a positive, is counted from the labels alone (an
+    anchor has one when its label occurs twice among the N), so no ``N × N`` mask is built."""
+    batch = flat.shape[0] // num_views
+    start, stop, _ = rows.indices(batch)
+    _, inverse, occurrences = torch.unique(flat_labels, return_inverse=True, return_counts=True)
+    has_positive = occurrences[inverse] > 1  # (N,)
+    total = int(has_positive.sum())
+    if total == 0:
+        return (flat * 0.0).sum()  # no positive anywhere: 0, still attached to the graph
+    index = torch.arange(start * num_views, stop * num_views, device=flat.device)
+    index = index[has_positive[index]]  # (A,) this share's anchors with a positive
+    own = index[:, None] == torch.arange(flat.shape[0], device=flat.device)[None, :]  # (A, N)
+    positive = (flat_labels[index, None] == flat_labels[None, :]) & ~own  # (A, N)
+    sims = flat[index] @ flat.T / temperature  # (A, N)
+    share = -_per_anchor(sims, own, positive, variant).sum() / total
+    return share * (batch / (stop - start))
 
 
 def views_with_labels(batch: Embedded) -> Tensor:
@@ -137,8 +172,9 @@ class SupConLoss(nn.Module):
         self.variant: Variant = variant
         self.base_temperature = base_temperature
 
-    def forward(self, batch: Embedded) -> Tensor:
+    def forward(self, batch: Embedded, rows: slice | None = None) -> Tensor:
+        """The loss; with ``rows``, those items' share of it (``supcon``)."""
         batch.require("supcon", "labels")
         assert batch.labels is not None
         return supcon(views_with_labels(batch), batch.labels, temperature=self.temperature,
-                      variant=self.variant, base_temperature=self.base_temperature)
+                      variant=self.variant, base_temperature=self.base_temperature, rows=rows)
