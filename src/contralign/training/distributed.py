@@ -8,18 +8,25 @@ objective, so that the loss and every gradient are those of one process holding 
 (up to floating-point summation order; dropout masks are drawn per shard, so with dropout on the
 runs are equal in distribution, not bit for bit):
 
-``"rows"`` (``info_nce``): every rank gathers all ranks' embeddings, then scores its own anchor
-    rows against every candidate of the whole batch (target column = rank offset + row; the hard
-    negatives of all ranks in the 1-process column order; the ids of the whole batch, so
-    duplicates on other ranks are masked too). Its loss is its rows' share of the batch mean.
-``"full"`` (``clip``, ``siglip``, ``nt_xent``, ``supcon``, ``debiased``, ``hard_negative``,
-    ``decoupled``, ``align_uniform``, ``cwcl``, ``one_to_k``, ``whitened_cse``, ``conr``): every
-    rank gathers all embeddings and computes the whole batch's loss, identical on every rank.
-    This is exact for any objective, including those that are not a mean over rows (whitening
-    and uniformity use batch statistics, SigLIP sums over all pairs, SupCon averages over
-    anchors that have a positive, DCLW weights by a batch softmax); it costs N times the
-    objective's arithmetic, which is small next to the towers. An objective that learns to
-    score a subset of rows (a ``rows`` argument, like ``info_nce``) can move to ``"rows"``.
+``"rows"`` (``info_nce``, ``clip``, ``siglip``, ``nt_xent``, ``supcon``, ``debiased``,
+    ``hard_negative``, ``decoupled``, ``cwcl``, ``one_to_k``, ``conr``): every rank gathers all
+    ranks' embeddings, then scores its own anchor rows against every candidate of the whole
+    batch (target column = rank offset + row; the hard negatives of all ranks in the 1-process
+    column order; the ids, labels and scores of the whole batch, so duplicates and positives on
+    other ranks count too), so it holds ``B_r × B`` logits, not ``B × B``: adding processes
+    divides the loss's memory. Its loss is its rows' share of the batch loss, whose
+    ``B_r / B``-weighted sum over ranks is the 1-process loss: the mean of its rows (a symmetric
+    loss: its queries against every key plus its keys against every query; NT-Xent: the anchors
+    of all views of its items), SigLIP's block of pairs over B_r, SupCon's anchors over the
+    number of the whole batch's anchors that have a positive (times ``B / B_r``).
+``"full"`` (``align_uniform``, ``whitened_cse``, ``simsiam``, ``byol``, and any tiled loss):
+    every rank gathers all embeddings and computes the whole batch's loss, identical on every
+    rank. This is exact for any objective, including those that are not a sum of row terms
+    (uniformity is the log of a mean over all pairs; WhitenedCSE whitens with the batch's
+    statistics and shuffles drawn alike on every rank; SimSiam's and BYOL's predictor
+    normalises the batch with BatchNorm, and they hold no ``B × B`` term); it costs N times the
+    objective's arithmetic and its ``B × B`` terms on every rank. An objective that learns to
+    score a subset of rows (a ``rows`` argument) can move to ``"rows"``.
 ``"local"`` (``moco``, ``swav``, ``distill_mse``): nothing is gathered; each rank computes the
     loss of its own rows. MoCo's negatives are its queue (the keys of all ranks are enqueued in
     rank order, so the queue is the 1-process queue), SwAV's Sinkhorn already sums over ranks,
