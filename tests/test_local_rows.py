@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from reference import naive_info_nce
 from reference_a import naive_clip, naive_nt_xent, naive_sigmoid, naive_supcon
 from reference_b import (
     naive_conr,
@@ -28,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from contralign.objectives import OBJECTIVES, build_objective
 from contralign.objectives.clip import clip_loss
+from contralign.objectives.contrastive import info_nce
 from contralign.objectives.cwcl import cwcl
 from contralign.objectives.debiased import debiased_contrastive, hard_negative_contrastive
 from contralign.objectives.decoupled import decoupled_contrastive
@@ -76,6 +78,41 @@ def assert_split_equals(loss: Callable[[slice | None], Tensor], naive: Tensor,
             assert_close(got, want)
     single = loss(slice(2, 3))  # one row alone is not the batch's loss: the test can fail
     assert not torch.isclose(single, naive)
+
+
+# Ids with duplicates: positives 1 and 4 are the same text, so are anchors 0 and 6, and a hard
+# negative repeats positive 2; masking them must use the whole batch's ids on every shard.
+KEY_IDS, QUERY_IDS = torch.tensor([10, 11, 12, 13, 11, 15, 16]), torch.tensor([0, 1, 2, 3, 4, 5, 0])
+NEGATIVE_IDS = torch.tensor([[20, 21], [22, 12], [24, 25], [26, 27], [28, 29], [30, 31], [32, 33]])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_info_nce_rows_with_duplicates_sum_to_the_batch_loss(symmetric: bool) -> None:
+    query, key, negatives = leaves((B, D), (B, D), (B, 2, D))
+    extra = None if symmetric else negatives  # symmetric takes no hard negatives here
+    ids: dict[str, Any] = {"key_ids": KEY_IDS, "query_ids": QUERY_IDS,
+                           "negative_ids": None if symmetric else NEGATIVE_IDS}
+
+    def loss(rows: slice | None) -> Tensor:
+        return info_nce(query, key, negatives=extra, temperature=0.2, symmetric=symmetric,
+                        rows=rows, **ids)
+
+    naive = naive_info_nce(query, key, extra, temperature=0.2, symmetric=symmetric, **ids)
+    assert_split_equals(loss, naive, [query, key] if symmetric else [query, key, negatives])
+
+
+def test_info_nce_rows_mask_only_their_rows() -> None:
+    """The duplicate masks of a shard are its ``R × M`` rows, not the batch's ``B × M``: with
+    40 rows (ids repeating) and a shard of 4, the largest tensor is the shard's float64 logits,
+    4 × 40 × 8 = 1,280 bytes; a 40 × 40 boolean mask would be 1,600."""
+    generator = torch.Generator().manual_seed(3)
+    query, key = (torch.randn(40, 3, generator=generator, dtype=torch.float64).requires_grad_()
+                  for _ in range(2))
+    ids = torch.arange(40) % 30
+    with LargestTensor() as mode:
+        info_nce(query, key, key_ids=ids, query_ids=ids, symmetric=True,
+                 rows=slice(8, 12)).backward()
+    assert mode.largest == 4 * 40 * 8
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded
+from contralign.objectives.inputs import Embedded, own_columns
 from contralign.objectives.temperature import (
     Temperature,
     check_temperature,
@@ -47,23 +47,29 @@ def duplicate_mask(row_ids: Tensor, candidate_ids: Tensor) -> Tensor:
     return same & ~target
 
 
-def _duplicates(row_ids: Tensor, candidate_ids: Tensor) -> Tensor | None:
-    """``duplicate_mask``, or None when the candidates' ids are all distinct (then only a row's
-    own target shares its id, and nothing is masked): at B = 16,384 the mask is five B x B
-    boolean tensors, seconds and gigabytes for nothing."""
+def _duplicates(row_ids: Tensor, candidate_ids: Tensor,
+                rows: slice | None = None) -> Tensor | None:
+    """``duplicate_mask`` (of the anchor ``rows`` only: ``(R, M)``), or None when the
+    candidates' ids are all distinct (then only a row's own target shares its id, and nothing
+    is masked): at B = 16,384 the mask is five B x B boolean tensors, seconds and gigabytes for
+    nothing."""
     if torch.unique(candidate_ids).numel() == candidate_ids.numel():
         return None
-    return duplicate_mask(row_ids, candidate_ids)
+    if rows is None:
+        return duplicate_mask(row_ids, candidate_ids)
+    own = own_columns(rows, candidate_ids.shape[0], row_ids.device)  # (R, M) each row's target
+    return (row_ids[rows, None] == candidate_ids[None, :]) & ~own
 
 
 def _one_direction(
     query: Tensor, candidates: Tensor, scale: Tensor | float, mask: Tensor | None,
     rows: slice | None = None, margin: float = 0.0,
 ) -> Tensor:
+    """One direction's cross-entropy; with ``rows``, of those anchor rows only (``mask`` is
+    then already theirs, ``(R, M)``)."""
     target = torch.arange(query.shape[0], device=query.device)
     if rows is not None:  # only these anchor rows; their targets keep their batch columns
         query, target = query[rows], target[rows]
-        mask = mask[rows] if mask is not None else None
     logits = scale * query @ candidates.T  # (B, M); target of row i is column i
     if margin:  # (s_ii − m) / τ: the target's logit only; margin 0 leaves the logits untouched
         on_target = F.one_hot(target, logits.shape[1]).to(logits.dtype)  # (B, M)
@@ -134,11 +140,11 @@ def info_nce(
             if negative_ids is None:
                 raise ValueError("info_nce: key_ids given with negatives needs negative_ids too")
             candidate_ids = torch.cat([key_ids, negative_ids.flatten()])
-        mask = _duplicates(key_ids, candidate_ids)
+        mask = _duplicates(key_ids, candidate_ids, rows)
     loss = _one_direction(query, candidates, scale, mask, rows, margin)
     if not symmetric:
         return loss
-    reverse_mask = _duplicates(query_ids, query_ids) if query_ids is not None else None
+    reverse_mask = _duplicates(query_ids, query_ids, rows) if query_ids is not None else None
     return (loss + _one_direction(key, query, scale, reverse_mask, rows, margin)) / 2
 
 
