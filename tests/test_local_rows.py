@@ -251,19 +251,24 @@ def test_conr_rows_sum_to_the_batch_loss(two_views: bool) -> None:
     assert_split_equals(loss, naive_conr(query, scores, **options), inputs)
 
 
-def embedded_for(name: str, seed: int = 1) -> tuple[Embedded, list[Tensor]]:
-    """A float64 batch of B rows holding what objective ``name`` reads, and its leaves."""
-    query, key, views = leaves((B, D), (B, D), (B, 3, D), seed=seed)
-    scores = torch.tensor([0.0, 0.5, 3.0, 3.2, 0.2, 6.0, 2.9], dtype=torch.float64)
+def embedded_for(name: str, seed: int = 1, batch: int = B,
+                 dim: int = D) -> tuple[Embedded, list[Tensor]]:
+    """A float64 batch holding what objective ``name`` reads (ids with duplicates for
+    info_nce), and its leaves."""
+    query, key, views = leaves((batch, dim), (batch, dim), (batch, 3, dim), seed=seed)
+    items = torch.arange(batch)
     match name:
         case "one_to_k":
             return Embedded(query=query, views=views), [query, views]
         case "nt_xent":
             return Embedded(query=query, views=views), [views]
         case "supcon":
-            return Embedded(query=query, key=key, labels=LABELS), [query, key]
+            return Embedded(query=query, key=key, labels=(items * 3) % 5), [query, key]
         case "conr":
-            return Embedded(query=query, key=key, scores=scores), [query, key]
+            return Embedded(query=query, key=key, scores=((items * 5) % 7).double()), [query, key]
+        case "info_nce":
+            return Embedded(query=query, key=key, query_ids=items % (batch - 1),
+                            key_ids=(items * 3) % (batch - 2)), [query, key]
     return Embedded(query=query, key=key), [query, key]
 
 
@@ -294,6 +299,22 @@ def test_every_rows_objective_module_sums_to_its_batch_loss(name: str) -> None:
 
 
 # --- memory: each rank holds B_r × B logits -------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:cwcl. the soft targets come from")
+@pytest.mark.parametrize("name", ROWS)
+def test_every_rows_objective_holds_only_its_rows(name: str) -> None:
+    """The largest tensor any operation creates (forward and backward) for a quarter of 64 rows
+    is the whole batch's divided by 4: no ``B × B`` term (logits, masks, targets) is left."""
+    objective = build_objective(name, {}, dim=4).double()
+    largest = []
+    for rows in (None, slice(16, 32)):
+        batch, _ = embedded_for(name, batch=64, dim=4)
+        with LargestTensor() as mode:
+            (objective(batch) if rows is None else objective(batch, rows=rows)).backward()
+        largest.append(mode.largest)
+    assert largest[0] == 4 * largest[1] >= 4 * 16 * 64 * 8, largest
+
 
 
 class LargestTensor(TorchDispatchMode):
