@@ -230,9 +230,13 @@ def test_supcon_rows_sum_to_the_batch_loss(variant: str, num_views: int) -> None
 
 
 def test_supcon_rows_without_any_positive_are_zero() -> None:
+    """No positive in the batch, or none among a shard's anchors (only items 0 and 1 share a
+    label): the shard's share is 0 and still backpropagates."""
     (views,) = leaves((B, 1, D))
-    loss = supcon(views, torch.arange(B), rows=slice(0, 3))
-    assert float(loss.detach()) == 0.0 and loss.requires_grad
+    for labels in (torch.arange(B), torch.tensor([0, 0, 1, 2, 3, 4, 5])):
+        loss = supcon(views, labels, rows=slice(2, 7))
+        assert float(loss.detach()) == 0.0 and loss.requires_grad
+        loss.backward()
 
 
 @pytest.mark.parametrize("two_views", [False, True])
