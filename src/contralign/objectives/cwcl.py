@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded
+from contralign.objectives.inputs import Embedded, take_rows
 from contralign.objectives.temperature import (
     Temperature,
     check_temperature,
@@ -105,8 +105,7 @@ def cwcl(
     # (R, B); the weights are symmetric, so row i serves both directions
     targets = intra_modal_weights(key if weights_from == "key" else query, rows)
     query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
-    own = slice(None) if rows is None else rows
-    logits = query[own] @ key.T / temperature  # (R, B)
+    logits = take_rows(query, rows) @ key.T / temperature  # (R, B)
     loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     if not symmetric:
         return loss

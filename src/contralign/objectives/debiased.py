@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Lt
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded, own_columns
+from contralign.objectives.inputs import Embedded, own_columns, take_rows
 from contralign.objectives.temperature import Temperature, check_temperature
 
 Candidates = Literal["both_views", "other_view"]
@@ -87,8 +87,7 @@ def pair_logits(
     """
     q, k = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
     batch = q.shape[0]
-    rows = slice(0, batch) if rows is None else rows
-    q_own, k_own = q[rows], k[rows]  # (R, D) the anchors
+    q_own, k_own = take_rows(q, rows), take_rows(k, rows)  # (R, D) the anchors
     count = q_own.shape[0]
     eye = own_columns(rows, batch, q.device)  # (R, B): each anchor's own item
     positive = (q_own * k_own).sum(-1) / temperature  # (R,)

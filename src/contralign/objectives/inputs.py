@@ -45,12 +45,19 @@ class Embedded:
                              "(map the data's columns to those roles)")
 
 
-def own_columns(rows: slice, count: int, device: torch.device) -> Tensor:
+def take_rows(tensor: Tensor, rows: slice | None) -> Tensor:
+    """``tensor[rows]``, or ``tensor`` itself for all rows (None): no slice in the graph, so
+    the gradient of a tensor used both as anchors and as candidates is summed as before, bit
+    for bit."""
+    return tensor if rows is None else tensor[rows]
+
+
+def own_columns(rows: slice | None, count: int, device: torch.device) -> Tensor:
     """``(R, count)`` bool: True where row i of ``rows`` meets its own column, ``start + i``.
 
     An objective that scores only some anchor rows of the batch (``rows``, one process's share
     in a multi-process run) marks each row's target or self-similarity with it; with all rows
-    it is the identity.
+    (None) it is the identity.
     """
     columns = torch.arange(count, device=device)
-    return columns[rows, None] == columns[None, :]
+    return columns[slice(None) if rows is None else rows, None] == columns[None, :]

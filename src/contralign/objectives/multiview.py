@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded, own_columns
+from contralign.objectives.inputs import Embedded, own_columns, take_rows
 from contralign.objectives.temperature import Temperature, check_temperature
 
 Aggregation = Literal["pairwise", "multi_positive", "poly_view"]
@@ -34,12 +34,13 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"nt_xent: {name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def _pairwise(views: Tensor, scale: Tensor | float, rows: slice) -> Tensor:
+def _pairwise(views: Tensor, scale: Tensor | float, rows: slice | None) -> Tensor:
     """Mean over ordered view pairs (α ≠ β) of the α → β NT-Xent direction, for the anchor
-    items ``rows`` (R of them) against every item."""
+    items ``rows`` (R of them; default all) against every item."""
     batch, num_views, _ = views.shape
     # (V, V, R, B): view α of anchor item b · view β of item c
-    sims = scale * torch.einsum("bvd,cwd->vwbc", views[rows], views)
+    sims = scale * torch.einsum("bvd,cwd->vwbc", take_rows(views, rows), views)
+    rows = slice(0, batch) if rows is None else rows
     own = own_columns(rows, batch, views.device)  # (R, B)
     same_view = torch.diagonal(sims, dim1=0, dim2=1).permute(2, 0, 1)  # (V, R, B): α against α
     same_view = same_view.masked_fill(own, float("-inf"))  # an anchor is not its own candidate
@@ -131,13 +132,12 @@ def nt_xent(
         views = F.normalize(views, dim=-1)
     scale = 1.0 / temperature
     batch, num_views, dim = views.shape
-    rows = slice(0, batch) if rows is None else rows
     if aggregation == "pairwise":
         return _pairwise(views, scale, rows)
     flat = views.reshape(batch * num_views, dim)  # (N, D), row b·V + v
-    start, stop, _ = rows.indices(batch)
+    start, stop, _ = (slice(0, batch) if rows is None else rows).indices(batch)
     anchors = slice(start * num_views, stop * num_views)  # the views of items R: rows of flat
-    sims = scale * flat[anchors] @ flat.T  # (R·V, N)
+    sims = scale * take_rows(flat, None if rows is None else anchors) @ flat.T  # (R·V, N)
     item = torch.arange(batch, device=views.device).repeat_interleave(num_views)  # (N,)
     same_item = item[anchors, None] == item[None, :]  # (R·V, N)
     own = own_columns(anchors, len(item), views.device)  # (R·V, N): the anchor itself

@@ -120,7 +120,7 @@ def conr(
         anchors = torch.cat([items + copy * batch for copy in range(copies)])  # (A,)
     distance, positive, negative = _pair_masks(targets, guesses, threshold, anchors)
     z = F.normalize(features, dim=-1)
-    logits = z[anchors] @ z.T / temperature  # (A, R)
+    logits = (z if rows is None else z[anchors]) @ z.T / temperature  # (A, R)
     valid = positive.any(dim=1) & negative.any(dim=1)  # (A,)
     log_push = torch.log(weights[anchors])[:, None] + push_rate * distance  # (A, R) log S
     terms = torch.where(negative, logits + log_push, logits)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Lt
 from torch import Tensor, nn
 
-from contralign.objectives.inputs import Embedded, own_columns
+from contralign.objectives.inputs import Embedded, own_columns, take_rows
 from contralign.objectives.tiled import DEFAULT_TILE_SIZE, check_tile_size, tiled_sigmoid_loss
 
 # SigLIP initialises t' = log 10 and b = −10, so training starts near the prior of few positives.
@@ -61,8 +61,7 @@ def sigmoid_loss(
     if normalize:
         query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
     batch = query.shape[0]
-    rows = slice(0, batch) if rows is None else rows
-    anchors = query[rows]  # (R, D)
+    anchors = take_rows(query, rows)  # (R, D)
     logits = logit_scale * anchors @ key.T + logit_bias  # (R, B)
     own = own_columns(rows, batch, logits.device)  # (R, B): row i of R matches column start + i
     signs = 2 * own.to(logits.dtype) - 1  # +1 for the matching pair, −1 for every other
