@@ -72,11 +72,11 @@ def test_the_registry_builds_them_with_the_towers_width_and_byol_takes_momentum_
     from contralign.objectives import OBJECTIVES
 
     simsiam = build_objective("simsiam", {"hidden": 8}, dim=16)
-    assert isinstance(simsiam, SimSiamLoss) and simsiam.predictor[0].in_features == 16
-    assert simsiam.predictor[-1].out_features == 16
+    assert isinstance(simsiam, SimSiamLoss) and simsiam.predictor.layers[0].in_features == 16
+    assert simsiam.predictor.layers[-1].out_features == 16
     assert OBJECTIVES["byol"].momentum_keys and not OBJECTIVES["simsiam"].momentum_keys
     plain = build_objective("byol", {"batch_norm": False}, dim=16)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
-    assert plain.predictor[0].bias is not None  # a bias where no BatchNorm follows
+    assert plain.predictor.layers[0].bias is not None  # a bias where no BatchNorm follows
     with pytest.raises(ValueError, match="needs key"):
         simsiam(Embedded(torch.zeros(3, 16)))

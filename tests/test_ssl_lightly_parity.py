@@ -295,7 +295,7 @@ def test_simsiam_and_byol_losses_match_lightlys_heads_and_loss(name: str) -> Non
     z0, z1 = torch.randn(16, 32, requires_grad=True), torch.randn(16, 32, requires_grad=True)
     ours = build_objective(name, {"hidden": 8}, dim=32)
     theirs = (SimSiamPredictionHead if name == "simsiam" else BYOLPredictionHead)(32, 8, 32)
-    theirs.load_state_dict({key.replace("predictor.", "layers."): value
+    theirs.load_state_dict({key.replace("predictor.", ""): value
                             for key, value in ours.state_dict().items()}, strict=True)
     criterion = NegativeCosineSimilarity()
     loss = ours(Embedded(z0, z1))

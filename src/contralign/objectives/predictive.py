@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from annotated_types import Ge
 from torch import Tensor, nn
 
+from contralign.core.heads import ProjectionHead
 from contralign.objectives.inputs import Embedded
 
 
@@ -49,12 +50,10 @@ def negative_cosine(predictions: Tensor, targets: Tensor) -> Tensor:
     return -(p * z).sum(dim=-1).mean()
 
 
-def predictor(dim: int, hidden: int, batch_norm: bool = True) -> nn.Sequential:
+def predictor(dim: int, hidden: int, batch_norm: bool = True) -> ProjectionHead:
     """SimSiam's / BYOL's predictor ``(B, dim) → (B, dim)``: ``Linear → [BN] → ReLU → Linear``
     (the first linear layer has a bias only without BatchNorm, as lightly's heads)."""
-    norm: list[nn.Module] = [nn.BatchNorm1d(hidden)] if batch_norm else []
-    return nn.Sequential(nn.Linear(dim, hidden, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
-                         nn.Linear(hidden, dim))
+    return ProjectionHead(dim, [hidden, dim], batch_norm)
 
 
 class SimSiamLoss(nn.Module):
