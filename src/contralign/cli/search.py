@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,10 @@ from contralign.cli.encode import TOWER_HELP
 
 if TYPE_CHECKING:
     from contralign.data import Record
-    from contralign.index import SearchIndex
+    from contralign.index import IndexConfig, SearchIndex
+
+NPROBE_HELP = "IVF: cells visited per query (default nlist/32, at least 8)."
+EF_SEARCH_HELP = "HNSW: candidate list size per query (efSearch)."
 
 
 @command
@@ -32,6 +37,18 @@ def index_command(
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP + " Queries then go "
                                      "through the model's other tower."),
     as_json: bool = typer.Option(False, "--json", help="Print what was indexed as JSON."),
+    kind: str = typer.Option("exact", "--kind", help="Vector index: exact (scan every "
+                             "vector), ivf (FAISS inverted lists) or hnsw (FAISS graph)."),
+    nlist: int | None = typer.Option(None, "--nlist", help="IVF: cells (default 4*sqrt(N))."),
+    nprobe: int | None = typer.Option(None, "--nprobe", help=NPROBE_HELP),
+    pq: int | None = typer.Option(None, "--pq", help="IVF: compress vectors with a product "
+                                  "quantiser of this many sub-vectors (must divide the "
+                                  "dimension); default none (full vectors)."),
+    pq_bits: int = typer.Option(8, "--pq-bits", help="IVF: bits per PQ code."),
+    m: int = typer.Option(32, "--m", help="HNSW: neighbours per node (M)."),
+    ef_construction: int = typer.Option(80, "--ef-construction",
+                                        help="HNSW: candidate list size while building."),
+    ef_search: int = typer.Option(64, "--ef-search", help=EF_SEARCH_HELP),
 ) -> None:
     """Embed CORPUS with MODEL and write a searchable index folder."""
     from contralign.cli.common import read_items
@@ -43,6 +60,9 @@ def index_command(
     modality = tower_modality(model, tower)
     records = read_items(corpus, column, modality, id_column=id_column)
     ids = _item_ids(records, corpus, id_column)
+    config = _index_config(len(records), dict(kind=kind, nlist=nlist, nprobe=nprobe, pq=pq,
+                                              pq_bits=pq_bits, m=m, ef_construction=ef_construction,
+                                              ef_search=ef_search))
     source = model_source(model)
     chosen = Path(choose_tower(source, tower))
     encoder = load_tower(model, tower=tower)
@@ -50,14 +70,44 @@ def index_command(
     vectors = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)
     shown = [item if isinstance(item, str) else item.key for item in items]  # an image: its key
     several = str(chosen) != source  # a tower of a model of several
-    save_index(output, vectors, ids, shown, model_fingerprint=encoder.fingerprint(),
-               model_name=_stored_name(source), tower=chosen.name if several else None,
-               modality=modality)
+    with _option_errors():
+        save_index(output, vectors, ids, shown, model_fingerprint=encoder.fingerprint(),
+                   model_name=_stored_name(source), tower=chosen.name if several else None,
+                   modality=modality, config=config)
     if as_json:
         print_json({"output": str(output), "items": len(items), "modality": modality,
-                    "dimension": int(vectors.shape[1]), "fingerprint": encoder.fingerprint()})
+                    "dimension": int(vectors.shape[1]), "fingerprint": encoder.fingerprint(),
+                    "kind": config.kind, "params": config.params()})
     else:
-        console.print(f"Indexed {len(items)} {modality}s ({vectors.shape[1]}-d) → {output}")
+        console.print(f"Indexed {len(items)} {modality}s ({vectors.shape[1]}-d, {config.kind}) "
+                      f"→ {output}")
+
+
+@contextmanager
+def _option_errors(command: str = "index") -> Iterator[None]:
+    """An index setting that does not fit, as one line naming the option (``--nlist``)."""
+    from contralign.core.errors import ContralignError
+    from contralign.index import IndexConfigError
+
+    try:
+        yield
+    except IndexConfigError as err:
+        option = "--" + err.key.replace("_", "-")
+        raise ContralignError(f"{command}: {option}: {err.message}") from None
+
+
+def _index_config(count: int, options: dict[str, Any]) -> IndexConfig:
+    """The ``IndexConfig`` of the options, checked against ``count`` items before embedding.
+
+    Raises:
+        ContralignError: a bad value, naming the option.
+    """
+    from contralign.index import IndexConfig
+
+    with _option_errors():
+        config = IndexConfig(**options)
+        config.resolved(count, None)
+    return config
 
 
 def _item_ids(records: list[Record], corpus: Path, id_column: str | None) -> list[str]:
@@ -120,6 +170,10 @@ def search_command(
                                      help="Query model (default: the one the index was built "
                                           "with); must embed exactly like it."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+    nprobe: int | None = typer.Option(None, "--nprobe", help=NPROBE_HELP + " Default: the "
+                                      "index's."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help=EF_SEARCH_HELP + " Default: "
+                                         "the index's."),
 ) -> None:
     """Search an index for the texts nearest to each QUERY."""
     from contralign.core.errors import ContralignError
@@ -128,7 +182,8 @@ def search_command(
     for number, text in enumerate(query, start=1):
         if not text.strip():
             raise ContralignError(f"search: query {number} is empty; give the text to search for")
-    index = load_index(index_dir)
+    with _option_errors("search"):
+        index = load_index(index_dir, nprobe=nprobe, ef_search=ef_search)
     encoder, indexed_by = _query_towers(index, model)
     results = index.search(encoder, list(query), k, indexed_by=indexed_by)
     if as_json:

@@ -4,9 +4,11 @@ Folder layout (written atomically, see ``contralign.core.io.atomic_directory``):
 
     DIR/embeddings.npy   float32 (N, D), plain .npy (no pickle)
     DIR/items.jsonl      one {"id": ..., "text": ...} per line, in row order
+    DIR/ann.faiss        ivf and hnsw kinds only: the FAISS index over the embeddings
     DIR/index.json       fingerprint, model name, the tower and modality that embedded the
-                         items, dim, count, created, similarity, format, and the SHA-256 of the
-                         two other files (checked on every load)
+                         items, dim, count, created, similarity, format, the vector index's
+                         kind and params (``IndexConfig.params``), and the SHA-256 of the
+                         other files (checked on every load); without a kind: exact
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from contralign.core.errors import ContralignError
 from contralign.core.io import atomic_directory, damaged_files, folder_checksums
 from contralign.core.outputs import INDEX
 from contralign.core.towers import FingerprintedEncoder
+from contralign.index.ann import IndexConfig, IndexConfigError, build_ann, read_ann, write_ann
 from contralign.index.exact import VectorIndex, as_matrix
 from contralign.index.faiss_backend import Backend, build_index
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.jsonl"
+ANN_FILE = "ann.faiss"
 META_FILE = "index.json"
-FORMAT_VERSION = 2  # 2: index.json holds the files' SHA-256; 1 (without) still loads
+# 3: index.json holds the vector index's kind and params; 2: the files' SHA-256; 1 (without)
+# still loads. Each loads as exact when it names no kind.
+FORMAT_VERSION = 3
 
 
 # What ``SearchIndex.search`` needs of a tower: ``encode`` and ``fingerprint``.
@@ -55,6 +61,7 @@ def save_index(
     model_name: str,
     tower: str | None = None,
     modality: str = "text",
+    config: IndexConfig | None = None,
 ) -> Path:
     """Write an index folder atomically: a kill leaves the old folder (or none), never half.
 
@@ -69,12 +76,15 @@ def save_index(
             through the other one); None for a model of one tower.
         modality: what the items are (``text``, ``image``); ``texts`` then holds each item's
             display string (an image's key).
+        config: the vector index to build and store (default exact: none is stored; search
+            scans the embeddings).
 
     Returns:
         The folder path.
 
     Raises:
         ValueError: lengths disagree, ids repeat, or ``vectors`` is not a finite 2-D array.
+        IndexConfigError: a parameter of ``config`` does not fit the vectors (``nlist > N``).
     """
     matrix = as_matrix(vectors, "vectors")
     if not len(ids) == len(texts) == len(matrix):
@@ -83,6 +93,8 @@ def save_index(
         )
     if len(set(ids)) != len(ids):
         raise ValueError("ids: must be distinct")
+    config = (config or IndexConfig()).resolved(*matrix.shape)
+    ann = build_ann(matrix, config) if config.kind != "exact" else None  # before the folder
     meta = {
         "format": FORMAT_VERSION,
         "fingerprint": model_fingerprint,
@@ -93,13 +105,17 @@ def save_index(
         "count": int(matrix.shape[0]),
         "similarity": "cosine",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": config.kind,
+        "params": config.params(),
     }
     with atomic_directory(directory, INDEX) as tmp:
         np.save(tmp / EMBEDDINGS_FILE, matrix, allow_pickle=False)
         with open(tmp / ITEMS_FILE, "w", encoding="utf-8") as f:
             for item_id, text in zip(ids, texts, strict=True):
                 f.write(json.dumps({"id": str(item_id), "text": text}, ensure_ascii=False) + "\n")
-        meta["sha256"] = folder_checksums(tmp, [EMBEDDINGS_FILE, ITEMS_FILE])
+        if ann is not None:
+            write_ann(ann, tmp / ANN_FILE)
+        meta["sha256"] = folder_checksums(tmp, _stored_files(config.kind))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return Path(directory)
 
@@ -113,7 +129,8 @@ class SearchIndex:
         ids: ``N`` item ids.
         texts: ``N`` item texts.
         meta: the contents of ``index.json``.
-        backend: vector index backend (see ``build_index``).
+        backend: the exact backend (see ``build_index``) when no ``vector_index`` is given.
+        vector_index: the stored ivf or hnsw index (``load_index`` reads it); None: exact.
     """
 
     def __init__(
@@ -124,12 +141,19 @@ class SearchIndex:
         texts: list[str],
         meta: dict[str, Any],
         backend: Backend = "auto",
+        vector_index: VectorIndex | None = None,
     ) -> None:
         self.path = path
         self.ids = ids
         self.texts = texts
         self.meta = meta
-        self.index: VectorIndex = build_index(vectors, backend=backend, normalize=True)
+        self.index: VectorIndex = (vector_index if vector_index is not None
+                                   else build_index(vectors, backend=backend, normalize=True))
+
+    @property
+    def kind(self) -> str:
+        """The stored vector index's kind (``exact``, ``ivf``, ``hnsw``); old folders: exact."""
+        return str(self.meta.get("kind") or "exact")
 
     @property
     def fingerprint(self) -> str:
@@ -190,29 +214,64 @@ class SearchIndex:
             [
                 Hit(self.ids[row], self.texts[row], float(score))
                 for score, row in zip(row_scores, row_ids, strict=True)
+                if row >= 0  # an approximate index pads with -1 when it found fewer than k
             ]
             for row_scores, row_ids in zip(scores, rows, strict=True)
         ]
 
 
-def load_index(directory: str | Path, backend: Backend = "auto") -> SearchIndex:
+def load_index(
+    directory: str | Path, backend: Backend = "auto", *, nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> SearchIndex:
     """Read an index folder written by ``save_index``. Never unpickles anything.
+
+    Searches use the stored kind and params; ``backend="exact"`` scans the embeddings instead
+    (the reference an approximate index is measured against).
+
+    Args:
+        nprobe: IVF cells to visit per query instead of the stored value (ivf only).
+        ef_search: HNSW search list size instead of the stored value (hnsw only).
 
     Raises:
         ContralignError: a missing folder or file, or a corrupt or inconsistent one; the
-            one-line message names the file.
+            one-line message names the file. ``IndexConfigError`` for a bad override.
     """
     folder = Path(directory)
     if not folder.is_dir():
         raise ContralignError(f"{folder}: index folder not found")
     meta = _read_meta(folder / META_FILE)
-    _verify_files(folder, meta)
+    config = _read_config(folder / META_FILE, meta)
+    _verify_files(folder, meta, config.kind)
     vectors = _read_embeddings(folder / EMBEDDINGS_FILE, meta)
     ids, texts = _read_items(folder / ITEMS_FILE, int(meta["count"]))
-    return SearchIndex(folder, vectors, ids, texts, meta, backend=backend)
+    vector_index = None
+    if config.kind != "exact" and backend != "exact":
+        ann = read_ann(folder / ANN_FILE, config, int(meta["count"]), int(meta["dim"]))
+        ann.set_search_params(nprobe=nprobe, ef_search=ef_search)
+        vector_index = ann
+    return SearchIndex(folder, vectors, ids, texts, meta, backend=backend,
+                       vector_index=vector_index)
 
 
-def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
+def _stored_files(kind: str) -> list[str]:
+    """The files of an index folder of ``kind`` that ``index.json`` checksums."""
+    return [EMBEDDINGS_FILE, ITEMS_FILE] + ([ANN_FILE] if kind != "exact" else [])
+
+
+def _read_config(path: Path, meta: dict[str, Any]) -> IndexConfig:
+    """The manifest's kind and params; a folder written before kinds is exact.
+
+    Raises:
+        ContralignError: an unknown kind or bad params, naming ``index.json`` and the key.
+    """
+    try:
+        return IndexConfig.from_manifest(meta.get("kind"), meta.get("params", {}))
+    except (IndexConfigError, TypeError) as err:
+        raise ContralignError(f"{path}: {err}") from None
+
+
+def _verify_files(folder: Path, meta: dict[str, Any], kind: str = "exact") -> None:
     """Compare the files with the checksums in ``index.json`` (format 2 and later).
 
     Raises:
@@ -221,7 +280,7 @@ def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
     checksums = meta.get("sha256")
     if checksums is None and meta.get("format") == 1:
         return  # written before indexes carried checksums
-    if not isinstance(checksums, dict) or set(checksums) != {EMBEDDINGS_FILE, ITEMS_FILE}:
+    if not isinstance(checksums, dict) or set(checksums) != set(_stored_files(kind)):
         raise ContralignError(f"{folder / META_FILE}: sha256: missing or incomplete")
     damaged = damaged_files(folder, checksums)
     if damaged:
