@@ -1,0 +1,154 @@
+"""Model FLOPs of a training run, counted by torch, and this machine's fp32 matmul peak.
+
+A throughput figure says how fast a side is; model FLOP/s over the machine's measured matmul
+peak says how far it is from what the hardware can do. Both numbers come from the same process:
+
+- ``count_flops`` runs a callable under ``torch.utils.flop_counter.FlopCounterMode`` (torch's own
+  formulas for ``mm``/``addmm``/``bmm``/attention: ``2 m n k`` per product), so nothing is a hand
+  formula. Element-wise work (activations, layer norm, softmax, the optimiser) is not counted,
+  as in the usual model-FLOPs utilisation.
+- ``PassShapes`` records the ``(rows, width)`` of every forward pass of a transformers model
+  during a real run, and which passes each optimiser step covered, from the outside: by a hook on
+  its embedding block, which runs once per pass however the model is called (sentence-transformers
+  calls ``model.forward`` itself, which skips hooks on the model).
+- ``TransformerFlops`` counts one forward and backward pass of that model at a given shape on a
+  ``meta`` copy (shapes only, no arithmetic), cached per shape. Without an attention mask the
+  count is the same as with one: the attention products are counted in full either way.
+- ``matmul_peak`` times ``torch.matmul`` of square fp32 matrices at the current thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.flop_counter import FlopCounterMode
+
+PEAK_SIZES = (1024, 2048, 4096)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of everything ``fn`` runs (forward and, if it calls it, backward), as torch counts
+    them: ``2 m n k`` per ``(m, k) @ (k, n)`` product; other ops count 0."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class TransformerFlops:
+    """FLOPs of one training pass (forward, then backward from the last hidden state) of a
+    transformers encoder on ``(rows, width)`` token ids, counted on a ``meta`` copy of it.
+
+    The copy has the model's own modules and settings (attention implementation included) but
+    no data, so a count costs Python time, not arithmetic. The pooler's forward is counted (it
+    runs in training), its backward is not (its output is unused), as in the real run.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` taking ``input_ids`` and returning
+            ``last_hidden_state``; it is copied, not changed.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.meta = copy.deepcopy(model).to("meta").train()
+        self._counted: dict[tuple[int, int], int] = {}
+
+    def __call__(self, rows: int, width: int) -> int:
+        key = (rows, width)
+        if key not in self._counted:
+            ids = torch.zeros(rows, width, dtype=torch.long, device="meta")  # (rows, width)
+
+            def step() -> None:
+                self.meta(input_ids=ids).last_hidden_state.sum().backward()  # (rows, width, H)
+
+            self._counted[key] = count_flops(step)
+            self.meta.zero_grad(set_to_none=True)
+        return self._counted[key]
+
+    def total(self, shapes: Sequence[tuple[int, int]]) -> int:
+        """FLOPs of training passes at each of ``shapes`` (summed)."""
+        return sum(self(rows, width) for rows, width in shapes)
+
+
+@dataclass
+class PassShapes:
+    """Records the ``(rows, width)`` token-id shape of every forward pass through ``module`` and
+    how many passes had run when each optimiser step ended, without editing the training loop.
+
+    Use as a context manager around a run; ``timed_shapes()`` then gives the passes of the steps
+    after the first (the window ``probes.TrainingProbe.step_ends`` times).
+
+    Args:
+        module: called once per pass with ``input_ids`` (B, T) (or ``inputs_embeds`` (B, T, H))
+            as its first argument or keyword: a transformer's embedding block (``model.embeddings``
+            of a BERT), as ``probes.TrainingProbe`` hooks it.
+    """
+
+    module: nn.Module
+    shapes: list[tuple[int, int]] = field(default_factory=list)
+    passes_at_step_end: list[int] = field(default_factory=list)
+
+    def __enter__(self) -> PassShapes:
+        self._handles = [
+            self.module.register_forward_pre_hook(self._on_forward, with_kwargs=True),
+            register_optimizer_step_post_hook(self._on_step),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs.get("inputs_embeds")
+        if not isinstance(tokens, torch.Tensor):
+            raise ValueError(f"PassShapes: {type(module).__name__} got neither input_ids nor "
+                             "inputs_embeds")
+        rows, width = tokens.shape[:2]  # (B, T) or (B, T, H)
+        self.shapes.append((int(rows), int(width)))
+
+    def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self.passes_at_step_end.append(len(self.shapes))
+
+    def timed_shapes(self) -> list[tuple[int, int]]:
+        """The passes from the end of the first step to the end of the last one."""
+        if len(self.passes_at_step_end) < 2:
+            return []
+        return self.shapes[self.passes_at_step_end[0]:self.passes_at_step_end[-1]]
+
+
+def matmul_seconds(size: int, repeats: int) -> float:
+    """The fastest of ``repeats`` timed ``(size, size) @ (size, size)`` fp32 products, after one
+    untimed warm-up product, at torch's current thread count."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)  # (n, n) float32
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    torch.matmul(a, b, out=out)  # warm-up: first-touch pages, thread pool, kernel choice
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak(sizes: Sequence[int] = PEAK_SIZES, repeats: int = 3) -> dict[str, Any]:
+    """This machine's measured fp32 matmul peak: ``2 n^3`` FLOPs (as ``count_flops`` counts a
+    product) over the fastest of ``repeats`` products, for each size ``n``; ``gflops`` is the
+    best size's figure.
+
+    Returns:
+        ``{"gflops": float, "by_size": {n: GFLOP/s}, "repeats": int, "threads": int}``.
+    """
+    by_size = {size: 2 * size**3 / matmul_seconds(size, repeats) / 1e9 for size in sizes}
+    return {"gflops": max(by_size.values()), "by_size": by_size, "repeats": repeats,
+            "threads": torch.get_num_threads()}
