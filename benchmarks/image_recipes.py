@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -183,7 +182,6 @@ def main() -> None:
     args = parser.parse_args()
     if not TRAIN.is_file():
         sys.exit(f"{TRAIN} is absent: apt-get install dataset-fashion-mnist")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # for the contralign subprocesses
     limits = (args.train_limit, args.test_limit)
     if args.command == "full-bank":
         if args.json_path is None:
