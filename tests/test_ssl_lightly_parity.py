@@ -163,7 +163,9 @@ def test_simclr_step_matches_lightly_nt_xent(tiny_cifar: Path) -> None:
     # lightly's example: out0 = model(x0), out1 = model(x1), loss = NTXentLoss(...)(out0, out1)
     out0 = head(backbone(batch["anchor"]["pixel_values"]))  # (16, 128)
     out1 = head(backbone(batch["positive"]["pixel_values"]))
-    theirs = NTXentLoss(temperature=0.5)(out0, out1)
+    temperature = task.objective.temperature  # the recipe's (0.2)
+    assert isinstance(temperature, float)
+    theirs = NTXentLoss(temperature=temperature)(out0, out1)
     theirs.backward()
 
     torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=0.0)
