@@ -242,6 +242,8 @@ def test_cli_index_hnsw_then_search(tiny_model_dir: Path, pairs_file: Path,
      "index: --pq: 5 sub-vectors do not divide the dimension 32"),
     (["--kind", "hnsw", "--ef-construction", "0"],
      "index: --ef-construction: must be a whole number of at least 1 (got 0)"),
+    (["--kind", "hnsw", "--nprobe", "4"], "index: --nprobe: applies to --kind ivf only (not hnsw)"),
+    (["--ef-search", "4"], "index: --ef-search: applies to --kind hnsw only (not exact)"),
 ])
 def test_cli_index_errors(tiny_model_dir: Path, pairs_file: Path, tmp_path: Path,
                           options: list[str], message: str) -> None:

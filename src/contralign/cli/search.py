@@ -44,11 +44,13 @@ def index_command(
     pq: int | None = typer.Option(None, "--pq", help="IVF: compress vectors with a product "
                                   "quantiser of this many sub-vectors (must divide the "
                                   "dimension); default none (full vectors)."),
-    pq_bits: int = typer.Option(8, "--pq-bits", help="IVF: bits per PQ code."),
-    m: int = typer.Option(32, "--m", help="HNSW: neighbours per node (M)."),
-    ef_construction: int = typer.Option(80, "--ef-construction",
-                                        help="HNSW: candidate list size while building."),
-    ef_search: int = typer.Option(64, "--ef-search", help=EF_SEARCH_HELP),
+    pq_bits: int | None = typer.Option(None, "--pq-bits", help="IVF: bits per PQ code "
+                                       "(default 8)."),
+    m: int | None = typer.Option(None, "--m", help="HNSW: neighbours per node (M; default 32)."),
+    ef_construction: int | None = typer.Option(None, "--ef-construction", help="HNSW: "
+                                               "candidate list size while building (default 80)."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help=EF_SEARCH_HELP +
+                                         " Default 64."),
 ) -> None:
     """Embed CORPUS with MODEL and write a searchable index folder."""
     from contralign.cli.common import read_items
@@ -97,15 +99,20 @@ def _option_errors(command: str = "index") -> Iterator[None]:
 
 
 def _index_config(count: int, options: dict[str, Any]) -> IndexConfig:
-    """The ``IndexConfig`` of the options, checked against ``count`` items before embedding.
+    """The ``IndexConfig`` of the options given (None: not given), checked against ``count``
+    items before embedding.
 
     Raises:
-        ContralignError: a bad value, naming the option.
+        ContralignError: a bad value, or an option of another kind, naming the option.
     """
-    from contralign.index import IndexConfig
+    from contralign.index import IndexConfig, IndexConfigError
 
+    given = {key: value for key, value in options.items() if value is not None}
     with _option_errors():
-        config = IndexConfig(**options)
+        config = IndexConfig(**given)
+        for key in sorted(set(given) - {"kind"} - set(config.params())):
+            kinds = [kind for kind in ("ivf", "hnsw") if key in IndexConfig(kind).params()]
+            raise IndexConfigError(key, f"applies to --kind {kinds[0]} only (not {config.kind})")
         config.resolved(count, None)
     return config
 
