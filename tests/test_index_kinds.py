@@ -179,6 +179,8 @@ def test_search_time_overrides(tmp_path: Path, corpus: np.ndarray) -> None:
     assert loaded.index.faiss_index.nprobe == 20  # type: ignore[attr-defined]
     with pytest.raises(IndexConfigError, match=r"^nprobe: 21 is more than nlist \(20\)"):
         load_index(folder, nprobe=21)
+    with pytest.raises(IndexConfigError, match=r"^ef_search: applies to hnsw indexes only "):
+        load_index(folder, ef_search=10)
 
 
 def test_old_manifest_loads_as_exact(tmp_path: Path, corpus: np.ndarray) -> None:

@@ -235,13 +235,18 @@ def load_index(
 
     Raises:
         ContralignError: a missing folder or file, or a corrupt or inconsistent one; the
-            one-line message names the file. ``IndexConfigError`` for a bad override.
+            one-line message names the file. ``IndexConfigError`` for a bad override or one
+            that does not apply to the folder's kind.
     """
     folder = Path(directory)
     if not folder.is_dir():
         raise ContralignError(f"{folder}: index folder not found")
     meta = _read_meta(folder / META_FILE)
     config = _read_config(folder / META_FILE, meta)
+    for key, value, kind in (("nprobe", nprobe, "ivf"), ("ef_search", ef_search, "hnsw")):
+        if value is not None and config.kind != kind:
+            raise IndexConfigError(key, f"applies to {kind} indexes only ({folder} is "
+                                        f"{config.kind})")
     _verify_files(folder, meta, config.kind)
     vectors = _read_embeddings(folder / EMBEDDINGS_FILE, meta)
     ids, texts = _read_items(folder / ITEMS_FILE, int(meta["count"]))
