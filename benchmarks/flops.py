@@ -11,9 +11,11 @@ peak says how far it is from what the hardware can do. Both numbers come from th
   during a real run, and which passes each optimiser step covered, from the outside: by a hook on
   its embedding block, which runs once per pass however the model is called (sentence-transformers
   calls ``model.forward`` itself, which skips hooks on the model).
-- ``TransformerFlops`` counts one forward and backward pass of that model at a given shape on a
-  ``meta`` copy (shapes only, no arithmetic), cached per shape. Without an attention mask the
-  count is the same as with one: the attention products are counted in full either way.
+- ``TransformerFlops`` counts one forward and backward pass of that model on one row of a given
+  width on a ``meta`` copy (shapes only, no arithmetic), cached per width; a pass over ``rows``
+  rows is ``rows`` times that, exactly, since every product of a transformer is batched over rows
+  (``tests/test_flops.py`` checks it against a count of the whole batch). Without an attention
+  mask the count is the same as with one: the attention products are counted in full either way.
 - ``matmul_peak`` times ``torch.matmul`` of square fp32 matrices at the current thread count.
 """
 
@@ -57,19 +59,28 @@ class TransformerFlops:
 
     def __init__(self, model: nn.Module) -> None:
         self.meta = copy.deepcopy(model).to("meta").train()
-        self._counted: dict[tuple[int, int], int] = {}
+        self._per_row: dict[int, int] = {}
+        self.seconds = 0.0  # spent counting (a count runs the model's Python code, ~0.1 s)
 
     def __call__(self, rows: int, width: int) -> int:
-        key = (rows, width)
-        if key not in self._counted:
-            ids = torch.zeros(rows, width, dtype=torch.long, device="meta")  # (rows, width)
+        """FLOPs of a training pass over ``rows`` rows of ``width`` tokens: ``rows`` times the
+        counted pass over one row (every product is batched over rows)."""
+        if width not in self._per_row:
+            start = time.perf_counter()
+            self._per_row[width] = self.count(1, width)
+            self.seconds += time.perf_counter() - start
+        return rows * self._per_row[width]
 
-            def step() -> None:
-                self.meta(input_ids=ids).last_hidden_state.sum().backward()  # (rows, width, H)
+    def count(self, rows: int, width: int) -> int:
+        """FLOPs of a training pass over ``(rows, width)`` token ids, counted, not cached."""
+        ids = torch.zeros(rows, width, dtype=torch.long, device="meta")  # (rows, width)
 
-            self._counted[key] = count_flops(step)
-            self.meta.zero_grad(set_to_none=True)
-        return self._counted[key]
+        def step() -> None:
+            self.meta(input_ids=ids).last_hidden_state.sum().backward()  # (rows, width, H)
+
+        flops = count_flops(step)
+        self.meta.zero_grad(set_to_none=True)
+        return flops
 
     def total(self, shapes: Sequence[tuple[int, int]]) -> int:
         """FLOPs of training passes at each of ``shapes`` (summed)."""

@@ -11,6 +11,17 @@ end of the first step to the end of the last, by the same hooks on both sides
 (``probes.TrainingProbe``). Runs alternate sides (the first side alternates too) and the median
 over ``--repeats`` is reported, per data set and batch size, with the ratio ours / ST.
 
+Model FLOP/s: during each run ``flops.PassShapes`` records the ``(rows, width)`` of every forward
+pass of the transformer (at its embedding block), as each trainer shapes it (ours: length groups
+trimmed to their longest row; sentence-transformers: anchors and positives padded to the batch's
+longest); torch's ``FlopCounterMode`` counts one forward and backward pass at each shape on a
+``meta`` copy of that side's model (``flops.TransformerFlops``), and the FLOPs of the timed steps
+over the timed seconds are the side's model FLOP/s (products only: the loss's ``B x B``
+similarities, well under 1 % of the products here, element-wise ops and the optimiser are not
+counted). The fp32 matmul peak of this machine at the same thread count is measured first in the
+same process (``flops.matmul_peak``, ``--peak-sizes``), and each side's FLOP/s is reported as a
+share of it.
+
 Data: the 1,299 SICK-E train pairs labelled ENTAILMENT (short sentences: more than half of a
 padded batch is padding), and the first pairs of STS-B train (news, captions and forum sentences
 of more varied length).
@@ -19,7 +30,7 @@ of more varied length).
 (how its CPU default was chosen).
 
 Run: ``python benchmarks/train_throughput.py [--batch-sizes 64,256] [--data sick,stsb]
-[--repeats 3] [--threads N] [--sweep ...] [--json]``
+[--repeats 3] [--threads N] [--peak-sizes 1024,2048,4096] [--sweep ...] [--json]``
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +56,7 @@ from common import (  # noqa: E402
     read_tsv,
     require,
 )
+from flops import PEAK_SIZES, PassShapes, TransformerFlops, matmul_peak  # noqa: E402
 from probes import TrainingProbe  # noqa: E402
 from train_parity import (  # noqa: E402
     LR,
@@ -64,6 +76,16 @@ Pairs = list[tuple[str, str]]
 # Steps per run at each batch size: the first is warm-up, the rest are timed (>= 512 pairs).
 STEPS = {64: 9, 128: 5, 256: 3}
 SEED = 0
+# One FLOP counter per side, built from that side's first loaded model; it keeps its counts.
+COUNTERS: dict[str, TransformerFlops] = {}
+
+
+class Run(NamedTuple):
+    """One timed run: pairs/s and model FLOP/s over the same window, FLOPs per timed step."""
+
+    pairs_per_second: float
+    flops_per_second: float
+    flops_per_step: float
 
 
 def stsb_pairs(path: Path) -> Pairs:
@@ -74,14 +96,27 @@ def steps_for(batch_size: int) -> int:
     return STEPS.get(batch_size, max(3, 1 + 512 // batch_size))
 
 
-def timed_pairs_per_second(probe: TrainingProbe, batch_size: int) -> float:
-    """Pairs/s from the end of the warm-up step to the end of the last step."""
+def timed_run(side: str, model: Any, probe: TrainingProbe, shapes: PassShapes,
+              batch_size: int) -> Run:
+    """Pairs/s and model FLOP/s from the end of the warm-up step to the end of the last step.
+
+    Args:
+        side: "ours" or "st", the key of the side's FLOP counter.
+        model: the side's transformer (built into its counter on the side's first run).
+    """
     ends = probe.step_ends
-    return (len(ends) - 1) * batch_size / (ends[-1] - ends[0])
+    if len(shapes.passes_at_step_end) != len(ends):
+        raise RuntimeError(f"{side}: {len(ends)} steps timed, {len(shapes.passes_at_step_end)} "
+                           "counted")
+    if side not in COUNTERS:
+        COUNTERS[side] = TransformerFlops(model)
+    seconds, steps = ends[-1] - ends[0], len(ends) - 1
+    flops = COUNTERS[side].total(shapes.timed_shapes())
+    return Run(steps * batch_size / seconds, flops / seconds, flops / steps)
 
 
 def run_ours(model_path: Path, data: Path, work: Path, batch_size: int, steps: int,
-             tokens_per_group: Any = "auto") -> float:
+             tokens_per_group: Any = "auto") -> Run:
     from contralign import TextEncoder
     from contralign.training.loop import fit
 
@@ -97,32 +132,46 @@ def run_ours(model_path: Path, data: Path, work: Path, batch_size: int, steps: i
         "eval": {"sts": None, "retrieval": None},
         "output_dir": str(work),
     }
-    with TrainingProbe(encoder.model.embeddings) as probe:
+    embeddings = encoder.model.embeddings  # called once per forward pass of the transformer
+    with TrainingProbe(embeddings) as probe, PassShapes(embeddings) as shapes:
         fit(config, progress=False, overwrite=True, encoder=encoder)
-    return timed_pairs_per_second(probe, batch_size)
+    return timed_run("ours", encoder.model, probe, shapes, batch_size)
 
 
 def run_reference(model_path: Path, pairs: Pairs, work: Path, batch_size: int, steps: int,
-                  how: str) -> float:
+                  how: str) -> Run:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     model = SentenceTransformer(str(model_path), device="cpu")
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / TEMPERATURE)
-    with TrainingProbe(model[0].auto_model.embeddings) as probe:
+    transformer = model[0].auto_model
+    embeddings = transformer.embeddings  # ST calls transformer.forward: hooks on it never run
+    with TrainingProbe(embeddings) as probe, PassShapes(embeddings) as shapes:
         if how == "trainer":
             _reference_trainer(model, loss, pairs, work, SEED, align_rng=False,
                                batch_size=batch_size, max_steps=steps)
         else:  # old_fit trains whole epochs: give it exactly the pairs of `steps` batches
             _reference_old_fit(model, loss, pairs[:steps * batch_size], SEED, align_rng=False)
-    return timed_pairs_per_second(probe, batch_size)
+    return timed_run("st", transformer, probe, shapes, batch_size)
+
+
+def summary(side: str, runs: list[Run], peak_gflops: float) -> dict[str, Any]:
+    """A side's medians over its runs: pairs/s, model GFLOP/s, its share of the matmul peak and
+    GFLOP per timed step, with each run's pairs/s (``<side>_runs``) and GFLOP/s."""
+    gflops = statistics.median(run.flops_per_second for run in runs) / 1e9
+    return {f"{side}_pairs_per_second": statistics.median(run.pairs_per_second for run in runs),
+            f"{side}_gflops": gflops, f"{side}_peak_fraction": ratio(gflops, peak_gflops),
+            f"{side}_gflop_per_step": statistics.median(run.flops_per_step for run in runs) / 1e9,
+            f"{side}_runs": [run.pairs_per_second for run in runs],
+            f"{side}_gflops_runs": [run.flops_per_second / 1e9 for run in runs]}
 
 
 def measure(name: str, pairs: Pairs, data: Path, work: Path, batch_size: int, repeats: int,
-            how: str, model_path: Path) -> dict[str, Any]:
+            how: str, model_path: Path, peak_gflops: float) -> dict[str, Any]:
     steps = steps_for(batch_size)
-    ours: list[float] = []
-    st: list[float] = []
+    ours: list[Run] = []
+    st: list[Run] = []
     for repeat in range(repeats):
         order = ("ours", "st") if repeat % 2 == 0 else ("st", "ours")
         for side in order:
@@ -131,30 +180,36 @@ def measure(name: str, pairs: Pairs, data: Path, work: Path, batch_size: int, re
             else:
                 st.append(run_reference(model_path, pairs, work / "st", batch_size, steps, how))
     result = {"data": name, "batch_size": batch_size, "steps": steps,
-              "ours_pairs_per_second": statistics.median(ours),
-              "st_pairs_per_second": statistics.median(st), "ours_runs": ours, "st_runs": st}
+              **summary("ours", ours, peak_gflops), **summary("st", st, peak_gflops)}
     result["ratio"] = ratio(result["ours_pairs_per_second"], result["st_pairs_per_second"])
     print(f"{name:>5} batch {batch_size:>4}: ours {result['ours_pairs_per_second']:6.1f} pairs/s, "
           f"ST {result['st_pairs_per_second']:6.1f} pairs/s, ratio {result['ratio']:.3f}  "
-          f"(runs ours {', '.join(f'{x:.1f}' for x in ours)}; ST "
-          f"{', '.join(f'{x:.1f}' for x in st)})", flush=True)
+          f"(runs ours {', '.join(f'{x.pairs_per_second:.1f}' for x in ours)}; ST "
+          f"{', '.join(f'{x.pairs_per_second:.1f}' for x in st)})", flush=True)
+    print(f"{'':>16}model: ours {result['ours_gflops']:6.1f} GFLOP/s "
+          f"({100 * result['ours_peak_fraction']:.1f} % of peak, "
+          f"{result['ours_gflop_per_step']:.1f} GFLOP/step), ST {result['st_gflops']:6.1f} GFLOP/s "
+          f"({100 * result['st_peak_fraction']:.1f} % of peak, "
+          f"{result['st_gflop_per_step']:.1f} GFLOP/step)", flush=True)
     return result
 
 
 def sweep(name: str, data: Path, work: Path, batch_size: int, repeats: int, settings: list[Any],
-          model_path: Path) -> list[dict[str, Any]]:
+          model_path: Path, peak_gflops: float) -> list[dict[str, Any]]:
     steps = steps_for(batch_size)
-    runs: dict[str, list[float]] = {str(s): [] for s in settings}
+    runs: dict[str, list[Run]] = {str(s): [] for s in settings}
     for repeat in range(repeats):
         for setting in settings if repeat % 2 == 0 else settings[::-1]:
             runs[str(setting)].append(run_ours(model_path, data, work / "ours", batch_size, steps,
                                                setting))
     results = [{"data": name, "batch_size": batch_size, "tokens_per_group": setting,
-                "pairs_per_second": statistics.median(values), "runs": values}
+                **{key.removeprefix("ours_"): value
+                   for key, value in summary("ours", values, peak_gflops).items()}}
                for setting, values in runs.items()]
     for r in results:
         print(f"{name:>5} batch {batch_size:>4} tokens_per_group {r['tokens_per_group']:>5}: "
-              f"{r['pairs_per_second']:6.1f} pairs/s", flush=True)
+              f"{r['pairs_per_second']:6.1f} pairs/s, {r['gflops']:6.1f} GFLOP/s "
+              f"({100 * r['peak_fraction']:.1f} % of peak)", flush=True)
     return results
 
 
@@ -167,10 +222,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reference", choices=("auto", "trainer", "old_fit"), default="auto")
     parser.add_argument("--sweep", default=None,
                         help="comma-separated tokens_per_group values (or none) for ours only")
+    parser.add_argument("--peak-sizes", default=",".join(map(str, PEAK_SIZES)),
+                        help="comma-separated sizes of the square fp32 matmuls timed for the peak")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args()
     args.sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.sets = args.data.split(",")
+    try:
+        args.peak = [int(n) for n in args.peak_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--peak-sizes: {args.peak_sizes!r} is not a comma-separated list of sizes")
+    if min(args.peak) < 1:
+        parser.error(f"--peak-sizes: {args.peak_sizes!r}: sizes must be positive")
     unknown = set(args.sets) - {"sick", "stsb"}
     if unknown:
         parser.error(f"--data: unknown set(s) {sorted(unknown)}; choose from sick, stsb")
@@ -194,6 +257,10 @@ def main() -> None:
           f"{'SentenceTransformerTrainer' if how == 'trainer' else 'old_fit'}; median of "
           f"{args.repeats} runs; steps per run {[steps_for(b) for b in args.sizes]} (first is "
           "warm-up)")
+    peak = matmul_peak(args.peak)
+    print(f"fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s (torch.matmul of square matrices, "
+          f"fastest of {peak['repeats']} after a warm-up, {peak['threads']} threads; "
+          + ", ".join(f"{n}: {g:.1f}" for n, g in peak["by_size"].items()) + ")", flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="contralign-throughput-") as tmp:
         work = Path(tmp)
@@ -206,13 +273,15 @@ def main() -> None:
                                      f"{steps_for(size)} batches of {size}")
                 if args.settings is not None:
                     results += sweep(name, data, work, size, args.repeats, args.settings,
-                                     model_path)
+                                     model_path, peak["gflops"])
                 else:
                     results.append(measure(name, pairs, data, work, size, args.repeats, how,
-                                           model_path))
+                                           model_path, peak["gflops"]))
     if args.json:
         print_json({"benchmark": "train_throughput", "machine": info, "reference_trainer": how,
-                    "threads": torch.get_num_threads(), "results": results})
+                    "threads": torch.get_num_threads(), "matmul_peak": peak,
+                    "flop_count_seconds": {side: c.seconds for side, c in COUNTERS.items()},
+                    "results": results})
 
 
 if __name__ == "__main__":
