@@ -152,6 +152,8 @@ def _objective_setting(task: Any, key: str) -> Any:
     match key:
         case "momentum":  # a task setting: the key tower's momentum
             return None if task.key_encoder is None else task.key_encoder.momentum
+        case "bn_splits":  # a task setting: shuffle-BN's groups
+            return task.bn_splits
         case "queue_size":  # swav keeps its size until the first batch makes its queues
             return (objective.queue_size if hasattr(objective, "queue_size")
                     else objective.queue.keys.shape[0])
