@@ -7,9 +7,9 @@ peak says how far it is from what the hardware can do. Both numbers come from th
   formulas for ``mm``/``addmm``/``bmm``/attention: ``2 m n k`` per product), so nothing is a hand
   formula. Element-wise work (activations, layer norm, softmax, the optimiser) is not counted,
   as in the usual model-FLOPs utilisation.
-- ``PassShapes`` records the ``(rows, width)`` of every forward pass of a transformers model
-  during a real run, and which passes each optimiser step covered, from the outside: by a hook on
-  its embedding block, which runs once per pass however the model is called (sentence-transformers
+- ``probes.TrainingProbe.timed_shapes`` gives the ``(rows, width)`` of every forward pass of a
+  transformers model in a run's timed steps, recorded from the outside by a hook on its
+  embedding block, which runs once per pass however the model is called (sentence-transformers
   calls ``model.forward`` itself, which skips hooks on the model).
 - ``TransformerFlops`` counts one forward and backward pass of that model on one row of a given
   width on a ``meta`` copy (shapes only, no arithmetic), cached per width; a pass over ``rows``
@@ -25,12 +25,10 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.flop_counter import FlopCounterMode
 
 PEAK_SIZES = (1024, 2048, 4096)
@@ -85,55 +83,6 @@ class TransformerFlops:
     def total(self, shapes: Sequence[tuple[int, int]]) -> int:
         """FLOPs of training passes at each of ``shapes`` (summed)."""
         return sum(self(rows, width) for rows, width in shapes)
-
-
-@dataclass
-class PassShapes:
-    """Records the ``(rows, width)`` token-id shape of every forward pass through ``module`` and
-    how many passes had run when each optimiser step ended, without editing the training loop.
-
-    Use as a context manager around a run; ``timed_shapes()`` then gives the passes of the steps
-    after the first (the window ``probes.TrainingProbe.step_ends`` times).
-
-    Args:
-        module: called once per pass with ``input_ids`` (B, T) (or ``inputs_embeds`` (B, T, H))
-            as its first argument or keyword: a transformer's embedding block (``model.embeddings``
-            of a BERT), as ``probes.TrainingProbe`` hooks it.
-    """
-
-    module: nn.Module
-    shapes: list[tuple[int, int]] = field(default_factory=list)
-    passes_at_step_end: list[int] = field(default_factory=list)
-
-    def __enter__(self) -> PassShapes:
-        self._handles = [
-            self.module.register_forward_pre_hook(self._on_forward, with_kwargs=True),
-            register_optimizer_step_post_hook(self._on_step),
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None:
-            tokens = kwargs.get("inputs_embeds")
-        if not isinstance(tokens, torch.Tensor):
-            raise ValueError(f"PassShapes: {type(module).__name__} got neither input_ids nor "
-                             "inputs_embeds")
-        rows, width = tokens.shape[:2]  # (B, T) or (B, T, H)
-        self.shapes.append((int(rows), int(width)))
-
-    def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        self.passes_at_step_end.append(len(self.shapes))
-
-    def timed_shapes(self) -> list[tuple[int, int]]:
-        """The passes from the end of the first step to the end of the last one."""
-        if len(self.passes_at_step_end) < 2:
-            return []
-        return self.shapes[self.passes_at_step_end[0]:self.passes_at_step_end[-1]]
 
 
 def matmul_seconds(size: int, repeats: int) -> float:

@@ -38,6 +38,7 @@ class TrainingProbe:
     lrs: list[float] = field(default_factory=list)
     inputs: list[torch.Tensor] = field(default_factory=list)
     step_ends: list[float] = field(default_factory=list)  # perf_counter at each step's end
+    passes_at_step_end: list[int] = field(default_factory=list)  # len(inputs) at each step's end
 
     def __enter__(self) -> TrainingProbe:
         self._handles = [
@@ -60,7 +61,16 @@ class TrainingProbe:
     def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self.last_step = time.perf_counter()
         self.step_ends.append(self.last_step)
+        self.passes_at_step_end.append(len(self.inputs))
         self.lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+    def timed_shapes(self) -> list[tuple[int, int]]:
+        """The ``(rows, width)`` of each forward pass from the end of the first step to the end
+        of the last one (the window ``step_ends`` times)."""
+        if len(self.passes_at_step_end) < 2:
+            return []
+        first, last = self.passes_at_step_end[0], self.passes_at_step_end[-1]
+        return [(int(t.shape[0]), int(t.shape[1])) for t in self.inputs[first:last]]
 
     @property
     def seconds(self) -> float:

@@ -11,11 +11,11 @@ end of the first step to the end of the last, by the same hooks on both sides
 (``probes.TrainingProbe``). Runs alternate sides (the first side alternates too) and the median
 over ``--repeats`` is reported, per data set and batch size, with the ratio ours / ST.
 
-Model FLOP/s: during each run ``flops.PassShapes`` records the ``(rows, width)`` of every forward
-pass of the transformer (at its embedding block), as each trainer shapes it (ours: length groups
-trimmed to their longest row; sentence-transformers: anchors and positives padded to the batch's
-longest); torch's ``FlopCounterMode`` counts one forward and backward pass at each shape on a
-``meta`` copy of that side's model (``flops.TransformerFlops``), and the FLOPs of the timed steps
+Model FLOP/s: during each run ``probes.TrainingProbe`` records the ``(rows, width)`` of every
+forward pass of the transformer (at its embedding block), as each trainer shapes it (ours: length
+groups trimmed to their longest row; sentence-transformers: anchors and positives padded to the
+batch's longest); torch's ``FlopCounterMode`` counts one forward and backward pass at each shape on
+a ``meta`` copy of that side's model (``flops.TransformerFlops``), and the FLOPs of the timed steps
 over the timed seconds are the side's model FLOP/s (products only: the loss's ``B x B``
 similarities, well under 1 % of the products here, element-wise ops and the optimiser are not
 counted). The fp32 matmul peak of this machine at the same thread count is measured first in the
@@ -56,7 +56,7 @@ from common import (  # noqa: E402
     read_tsv,
     require,
 )
-from flops import PEAK_SIZES, PassShapes, TransformerFlops, matmul_peak  # noqa: E402
+from flops import PEAK_SIZES, TransformerFlops, matmul_peak  # noqa: E402
 from probes import TrainingProbe  # noqa: E402
 from train_parity import (  # noqa: E402
     LR,
@@ -96,8 +96,7 @@ def steps_for(batch_size: int) -> int:
     return STEPS.get(batch_size, max(3, 1 + 512 // batch_size))
 
 
-def timed_run(side: str, model: Any, probe: TrainingProbe, shapes: PassShapes,
-              batch_size: int) -> Run:
+def timed_run(side: str, model: Any, probe: TrainingProbe, batch_size: int) -> Run:
     """Pairs/s and model FLOP/s from the end of the warm-up step to the end of the last step.
 
     Args:
@@ -105,13 +104,10 @@ def timed_run(side: str, model: Any, probe: TrainingProbe, shapes: PassShapes,
         model: the side's transformer (built into its counter on the side's first run).
     """
     ends = probe.step_ends
-    if len(shapes.passes_at_step_end) != len(ends):
-        raise RuntimeError(f"{side}: {len(ends)} steps timed, {len(shapes.passes_at_step_end)} "
-                           "counted")
     if side not in COUNTERS:
         COUNTERS[side] = TransformerFlops(model)
     seconds, steps = ends[-1] - ends[0], len(ends) - 1
-    flops = COUNTERS[side].total(shapes.timed_shapes())
+    flops = COUNTERS[side].total(probe.timed_shapes())
     return Run(steps * batch_size / seconds, flops / seconds, flops / steps)
 
 
@@ -133,9 +129,9 @@ def run_ours(model_path: Path, data: Path, work: Path, batch_size: int, steps: i
         "output_dir": str(work),
     }
     embeddings = encoder.model.embeddings  # called once per forward pass of the transformer
-    with TrainingProbe(embeddings) as probe, PassShapes(embeddings) as shapes:
+    with TrainingProbe(embeddings) as probe:
         fit(config, progress=False, overwrite=True, encoder=encoder)
-    return timed_run("ours", encoder.model, probe, shapes, batch_size)
+    return timed_run("ours", encoder.model, probe, batch_size)
 
 
 def run_reference(model_path: Path, pairs: Pairs, work: Path, batch_size: int, steps: int,
@@ -147,13 +143,13 @@ def run_reference(model_path: Path, pairs: Pairs, work: Path, batch_size: int, s
     loss = MultipleNegativesRankingLoss(model, scale=1.0 / TEMPERATURE)
     transformer = model[0].auto_model
     embeddings = transformer.embeddings  # ST calls transformer.forward: hooks on it never run
-    with TrainingProbe(embeddings) as probe, PassShapes(embeddings) as shapes:
+    with TrainingProbe(embeddings) as probe:
         if how == "trainer":
             _reference_trainer(model, loss, pairs, work, SEED, align_rng=False,
                                batch_size=batch_size, max_steps=steps)
         else:  # old_fit trains whole epochs: give it exactly the pairs of `steps` batches
             _reference_old_fit(model, loss, pairs[:steps * batch_size], SEED, align_rng=False)
-    return timed_run("st", transformer, probe, shapes, batch_size)
+    return timed_run("st", transformer, probe, batch_size)
 
 
 def summary(side: str, runs: list[Run], peak_gflops: float) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """benchmarks/flops.py: FLOP counts equal the known ``2 m n k`` per product of a forward and
-backward pass, a meta copy of a transformer counts what the real model counts, the recorded
-passes of a run are split at its first step, and the matmul peak is a positive finite figure."""
+backward pass, a meta copy of a transformer counts what the real model counts, the passes
+``probes.TrainingProbe`` records are split at a run's first step, and the matmul peak is a
+positive finite figure."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from torch import nn
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_flops() -> ModuleType:
-    """benchmarks/flops.py as a module (benchmarks are scripts, not part of the package)."""
-    path = REPO / "benchmarks" / "flops.py"
-    spec = importlib.util.spec_from_file_location("benchmark_flops", path)
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module (benchmarks are scripts, not part of the package)."""
+    path = REPO / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
@@ -29,7 +30,7 @@ def load_flops() -> ModuleType:
     return module
 
 
-flops = load_flops()
+flops, probes = load_benchmark("flops"), load_benchmark("probes")
 
 
 def test_linear_forward_backward_count_is_six_n_in_out() -> None:
@@ -81,17 +82,17 @@ class TokenModel(nn.Module):
         return self.embed(input_ids).sum(dim=(1, 2))  # (B,)
 
 
-def test_pass_shapes_keeps_the_passes_after_the_first_step() -> None:
+def test_the_probe_gives_the_pass_shapes_after_the_first_step() -> None:
     model = TokenModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = [[(2, 3)], [(4, 5), (1, 6)], [(3, 2)]]  # passes of each step
-    with flops.PassShapes(model.embed) as recorded:
+    with probes.TrainingProbe(model.embed) as recorded:
         for passes in steps:
             for rows, width in passes:
                 model(input_ids=torch.zeros(rows, width, dtype=torch.long)).sum().backward()
             optimizer.step()
     model.forward(torch.zeros(7, 7, dtype=torch.long))  # after the block: not recorded
-    assert recorded.shapes == [(2, 3), (4, 5), (1, 6), (3, 2)]
+    assert [tuple(t.shape) for t in recorded.inputs] == [(2, 3), (4, 5), (1, 6), (3, 2)]
     assert recorded.passes_at_step_end == [1, 3, 4]
     assert recorded.timed_shapes() == [(4, 5), (1, 6), (3, 2)]
 

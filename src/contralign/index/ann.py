@@ -19,8 +19,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from contralign.core.errors import ContralignError
-from contralign.index.exact import as_matrix, l2_normalize, prepare_queries
-from contralign.index.faiss_backend import _import_faiss
+from contralign.index.exact import as_matrix, l2_normalize
+from contralign.index.faiss_backend import _import_faiss, search_faiss
 
 IndexKind = Literal["exact", "ivf", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
@@ -212,17 +212,15 @@ class AnnIndex:
         Raises:
             ValueError: bad query shape or ``k < 1``.
         """
-        q, k = prepare_queries(self, queries, k, normalize=True)
-        if k == 0 or len(q) == 0:
-            return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
         if self.config.kind == "hnsw" and self.config.ef_search < k:
             self._index.hnsw.efSearch = k  # efSearch below k cannot return k neighbours
-        scores, ids = self._index.search(q, k)  # (Q, k), (Q, k)
-        if self.config.kind == "hnsw":
-            self._index.hnsw.efSearch = self.config.ef_search
-        scores = scores.astype(np.float32, copy=False)
+        try:
+            scores, ids = search_faiss(self, self._index, queries, k, normalize=True)
+        finally:
+            if self.config.kind == "hnsw":
+                self._index.hnsw.efSearch = self.config.ef_search
         scores[ids < 0] = -np.inf
-        return scores, ids.astype(np.int64, copy=False)
+        return scores, ids
 
 
 def build_ann(vectors: np.ndarray, config: IndexConfig) -> AnnIndex:

@@ -83,11 +83,22 @@ class FaissIndex:
         Raises:
             ValueError: bad query shape or ``k < 1``.
         """
-        q, k = prepare_queries(self, queries, k, self.normalize)
-        if k == 0 or len(q) == 0:
-            return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
-        scores, ids = self._index.search(q, k)  # (Q, k), (Q, k)
-        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+        return search_faiss(self, self._index, queries, k, self.normalize)
+
+
+def search_faiss(owner: VectorIndex, faiss_index: Any, queries: np.ndarray, k: int,
+                 normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``owner``'s checks on ``queries (Q, D)`` and ``k``, then ``faiss_index.search``:
+    ``(scores (Q, k') float32, ids (Q, k') int64)``, ``k' = min(k, N)``.
+
+    Raises:
+        ValueError: bad query shape or ``k < 1``.
+    """
+    q, k = prepare_queries(owner, queries, k, normalize)
+    if k == 0 or len(q) == 0:
+        return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+    scores, ids = faiss_index.search(q, k)  # (Q, k), (Q, k)
+    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
 
 def build_index(
