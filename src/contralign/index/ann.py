@@ -20,7 +20,7 @@ import numpy as np
 
 from contralign.core.errors import ContralignError
 from contralign.index.exact import as_matrix, l2_normalize
-from contralign.index.faiss_backend import _import_faiss, search_faiss
+from contralign.index.faiss_backend import FaissSearch, _import_faiss
 
 IndexKind = Literal["exact", "ivf", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
@@ -152,7 +152,7 @@ class IndexConfig:
         return cls(kind=kind, **params)
 
 
-class AnnIndex:
+class AnnIndex(FaissSearch):
     """Search a FAISS IVF or HNSW index of unit vectors; the interface of ``ExactIndex``.
 
     Queries are L2-normalised, so scores are cosine similarities of the stored (possibly
@@ -188,34 +188,13 @@ class AnnIndex:
         elif config.kind == "hnsw":
             self._index.hnsw.efSearch = config.ef_search
 
-    @property
-    def faiss_index(self) -> Any:
-        return self._index
-
-    @property
-    def dim(self) -> int:
-        return int(self._index.d)
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best rows per query (``k`` capped at the corpus size), best first.
-
-        Args:
-            queries: ``(Q, D)`` query vectors.
-            k: how many results per query.
-
-        Returns:
-            ``(scores (Q, k') float32, ids (Q, k') int64)``, ``k' = min(k, N)``; id -1 pads.
-
-        Raises:
-            ValueError: bad query shape or ``k < 1``.
-        """
+        """``FaissSearch.search``, with efSearch raised to ``k`` for the call (HNSW) and rows
+        that found fewer than ``k`` vectors padded with id -1 and score -inf."""
         if self.config.kind == "hnsw" and self.config.ef_search < k:
             self._index.hnsw.efSearch = k  # efSearch below k cannot return k neighbours
         try:
-            scores, ids = search_faiss(self, self._index, queries, k, normalize=True)
+            scores, ids = super().search(queries, k)
         finally:
             if self.config.kind == "hnsw":
                 self._index.hnsw.efSearch = self.config.ef_search

@@ -38,7 +38,48 @@ def _import_faiss() -> Any:
     return faiss
 
 
-class FaissIndex:
+class FaissSearch:
+    """What every FAISS-backed index shares: the wrapped ``faiss`` index, its width and size,
+    and ``search`` with ``ExactIndex``'s checks on the queries.
+
+    Subclasses set ``_index`` (a ``faiss.Index``) and ``normalize`` (L2-normalise queries).
+    """
+
+    _index: Any
+    normalize: bool
+
+    @property
+    def faiss_index(self) -> Any:
+        return self._index
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best corpus rows per query (``k`` is capped at the corpus size).
+
+        Args:
+            queries: ``(Q, D)`` query vectors.
+            k: how many results per query.
+
+        Returns:
+            ``(scores (Q, k') float32, ids (Q, k') int64)`` with ``k' = min(k, N)``, best first.
+
+        Raises:
+            ValueError: bad query shape or ``k < 1``.
+        """
+        q, k = prepare_queries(self, queries, k, self.normalize)
+        if k == 0 or len(q) == 0:
+            return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
+        scores, ids = self._index.search(q, k)  # (Q, k), (Q, k)
+        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+class FaissIndex(FaissSearch):
     """Exact inner-product search with ``faiss.IndexFlatIP``; the interface of ``ExactIndex``.
 
     With ``normalize=True`` (default) corpus and queries are L2-normalised (cosine). Scores agree
@@ -58,47 +99,9 @@ class FaissIndex:
         faiss = _import_faiss()
         matrix = as_matrix(vectors, "vectors")
         self.normalize = normalize
-        self._dim = int(matrix.shape[1])
-        self._index = faiss.IndexFlatIP(self._dim)
+        self._index = faiss.IndexFlatIP(int(matrix.shape[1]))
         if len(matrix):
             self._index.add(np.ascontiguousarray(l2_normalize(matrix) if normalize else matrix))
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best corpus rows per query (``k`` is capped at the corpus size).
-
-        Args:
-            queries: ``(Q, D)`` query vectors.
-            k: how many results per query.
-
-        Returns:
-            ``(scores (Q, k') float32, ids (Q, k') int64)`` with ``k' = min(k, N)``, best first.
-
-        Raises:
-            ValueError: bad query shape or ``k < 1``.
-        """
-        return search_faiss(self, self._index, queries, k, self.normalize)
-
-
-def search_faiss(owner: VectorIndex, faiss_index: Any, queries: np.ndarray, k: int,
-                 normalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``owner``'s checks on ``queries (Q, D)`` and ``k``, then ``faiss_index.search``:
-    ``(scores (Q, k') float32, ids (Q, k') int64)``, ``k' = min(k, N)``.
-
-    Raises:
-        ValueError: bad query shape or ``k < 1``.
-    """
-    q, k = prepare_queries(owner, queries, k, normalize)
-    if k == 0 or len(q) == 0:
-        return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
-    scores, ids = faiss_index.search(q, k)  # (Q, k), (Q, k)
-    return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
 
 def build_index(
