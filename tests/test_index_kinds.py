@@ -206,6 +206,9 @@ def test_bad_or_damaged_ann_folder(tmp_path: Path, corpus: np.ndarray) -> None:
     meta_path.write_text(json.dumps({**meta, "params": {**meta["params"], "colour": 1}}))
     with pytest.raises(ContralignError, match=r"index.json: params: unknown key 'colour'"):
         load_index(folder)
+    meta_path.write_text(json.dumps({**meta, "params": {**meta["params"], "kind": "ivf"}}))
+    with pytest.raises(ContralignError, match=r"index.json: params: unknown key 'kind'"):
+        load_index(folder)  # the kind is the manifest's own key, not a parameter
     meta_path.write_text(json.dumps(meta))
     (folder / "ann.faiss").write_bytes(b"not an index")
     with pytest.raises(ContralignError, match="ann.faiss: damaged"):

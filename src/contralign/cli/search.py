@@ -111,8 +111,8 @@ def _index_config(count: int, options: dict[str, Any]) -> IndexConfig:
     with _option_errors():
         config = IndexConfig(**given)
         for key in sorted(set(given) - {"kind"} - set(config.params())):
-            kinds = [kind for kind in ("ivf", "hnsw") if key in IndexConfig(kind).params()]
-            raise IndexConfigError(key, f"applies to --kind {kinds[0]} only (not {config.kind})")
+            raise IndexConfigError(key, f"applies to --kind {IndexConfig.kind_of(key)} only "
+                                        f"(not {config.kind})")
         config.resolved(count, None)
     return config
 

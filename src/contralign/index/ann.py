@@ -146,10 +146,23 @@ class IndexConfig:
             return cls()
         if not isinstance(params, dict):
             raise IndexConfigError("params", "expected a JSON object")
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__) - {"kind"})
+        allowed = set(cls.__dataclass_fields__) - {"kind"}  # the kind is the manifest's own key
+        unknown = sorted(set(params) - allowed)
         if unknown:
             raise IndexConfigError("params", f"unknown key {unknown[0]!r}")
         return cls(kind=kind, **params)
+
+    @staticmethod
+    def kind_of(key: str) -> str:
+        """The kind whose parameter ``key`` is (``nprobe``: ivf, ``ef_search``: hnsw).
+
+        Raises:
+            KeyError: ``key`` is no kind's parameter.
+        """
+        for kind in ("ivf", "hnsw"):
+            if key in IndexConfig(kind).params():
+                return kind
+        raise KeyError(key)
 
 
 class AnnIndex(FaissSearch):

@@ -243,10 +243,10 @@ def load_index(
         raise ContralignError(f"{folder}: index folder not found")
     meta = _read_meta(folder / META_FILE)
     config = _read_config(folder / META_FILE, meta)
-    for key, value, kind in (("nprobe", nprobe, "ivf"), ("ef_search", ef_search, "hnsw")):
-        if value is not None and config.kind != kind:
-            raise IndexConfigError(key, f"applies to {kind} indexes only ({folder} is "
-                                        f"{config.kind})")
+    for key, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if value is not None and key not in config.params():
+            raise IndexConfigError(key, f"applies to {IndexConfig.kind_of(key)} indexes only "
+                                        f"({folder} is {config.kind})")
     _verify_files(folder, meta, config.kind)
     vectors = _read_embeddings(folder / EMBEDDINGS_FILE, meta)
     ids, texts = _read_items(folder / ITEMS_FILE, int(meta["count"]))
@@ -272,7 +272,7 @@ def _read_config(path: Path, meta: dict[str, Any]) -> IndexConfig:
     """
     try:
         return IndexConfig.from_manifest(meta.get("kind"), meta.get("params", {}))
-    except (IndexConfigError, TypeError) as err:
+    except IndexConfigError as err:
         raise ContralignError(f"{path}: {err}") from None
 
 
