@@ -385,6 +385,9 @@ def _memory_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.save(rank_peaks(rank, world), Path(out_dir) / f"peaks-{world}-{rank}.pt")
+        # no rank tears gloo down while a peer is still in a collective (a peer that loses its
+        # connection mid-operation aborts: seen once in CI as SIGABRT)
+        torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
 
