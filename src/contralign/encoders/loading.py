@@ -8,23 +8,31 @@ pretrained static vectors or a static-embedding folder as a static tower, anythi
 transformer. A run directory stands for its ``model/`` folder. A model of several towers (its
 ``contralign.json`` says ``"tower": "model"``) loads whole with ``load_model``, or one of its
 towers with ``load_tower(..., tower=NAME)`` (a tower's name, or its modality).
+
+``backend`` chooses what runs a tower: ``torch`` (the tower itself), ``onnx`` (its fp32 ONNX
+export under onnxruntime, ``encoders.onnx_tower``: the same model, the same fingerprint) or
+``onnx-int8`` (its dynamically quantised export: another fingerprint). The ONNX backends need a
+folder ``contralign export MODEL --onnx`` wrote.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from contralign.core.errors import ModelNotFoundError
+from contralign.core.errors import ConfigError, ModelNotFoundError
 from contralign.core.outputs import MODEL, RUN, is_owned, read_manifest
 from contralign.core.towers import with_settings
 from contralign.encoders.folder import TextEncoderConfig
 from contralign.encoders.image import ImageTower, ImageTowerConfig, is_image_model
 from contralign.encoders.model import MULTI_TOWER, AlignmentModel, read_model
+from contralign.encoders.onnx_tower import OnnxTower
 from contralign.encoders.static import StaticEncoder, StaticEncoderConfig, is_static_model
 from contralign.encoders.text import TextEncoder
 
 TowerKind = Literal["auto", "transformer", "static", "image"]
+Backend = Literal["torch", "onnx", "onnx-int8"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 Tower = TextEncoder | StaticEncoder | ImageTower
 
 # contralign.json's tower kind -> (the class that loads it, the settings it takes).
@@ -36,7 +44,7 @@ TOWERS: dict[str, tuple[type[TextEncoder] | type[StaticEncoder] | type[ImageTowe
 
 
 def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", *, tower: str | None = None,
-               **overrides: Any) -> Tower:
+               backend: Backend = "torch", **overrides: Any) -> Tower | OnnxTower:
     """Load the tower ``name_or_path`` names, whatever its kind.
 
     Args:
@@ -46,14 +54,25 @@ def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", *, tower: str
         kind: ``auto`` (decide from the folder), or force ``transformer`` / ``static`` /
             ``image``.
         tower: in a model of several towers, the one to load (its name or its modality).
+        backend: ``torch``, ``onnx`` or ``onnx-int8`` (an exported folder's graph under
+            onnxruntime).
         overrides: settings that replace the folder's (``pooling``, ``normalize``,
-            ``max_length``, ...); each must be one the tower has.
+            ``max_length``, ...); each must be one the tower has (torch backend only).
 
     Raises:
-        ModelNotFoundError: nothing loadable under that name.
-        ConfigError: an override the tower does not have (``model.pooling`` on a static tower).
+        ModelNotFoundError: nothing loadable under that name; for an ONNX backend, a folder
+            without that export.
+        ConfigError: an override the tower does not have (``model.pooling`` on a static tower),
+            an unknown backend, or overrides with an ONNX backend.
     """
+    check_backend(backend)
     name = choose_tower(model_source(str(name_or_path)), tower)
+    if backend != "torch":
+        if overrides:
+            raise ConfigError(f"model.{next(iter(overrides))}: an ONNX export's settings are fixed "
+                              "in its graph; export again with the setting, or use --backend "
+                              "torch")
+        return OnnxTower.load(name, int8=backend == "onnx-int8")
     match kind:
         case "transformer":
             tower_kind = "text"
@@ -66,17 +85,26 @@ def load_tower(name_or_path: str | Path, kind: TowerKind = "auto", *, tower: str
     return cls.from_pretrained(name, **overrides)
 
 
-def load_model(name_or_path: str | Path) -> AlignmentModel:
+def load_model(name_or_path: str | Path, *, backend: Backend = "torch") -> AlignmentModel:
     """Every tower of a model and its role map: a model of several towers as saved, or one
-    tower for every role.
+    tower for every role; each tower run by ``backend`` (see ``load_tower``).
 
     Raises:
-        ModelNotFoundError: nothing loadable under that name.
+        ModelNotFoundError: nothing loadable under that name (or without that export).
+        ConfigError: an unknown backend.
     """
+    check_backend(backend)
     name = model_source(str(name_or_path))
     if multi_tower(name) is not None:
-        return read_model(name)
-    return AlignmentModel.single(load_tower(name))
+        return read_model(name, load=lambda folder: load_tower(folder, backend=backend))
+    return AlignmentModel.single(load_tower(name, backend=backend))
+
+
+def check_backend(backend: str) -> None:
+    """Raises: ConfigError: ``backend`` is none of ``BACKENDS`` (naming it)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend: {backend!r} is not a backend; choose one of "
+                          f"{', '.join(BACKENDS)}")
 
 
 def multi_tower(name: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ a top-level ``contralign.json`` (``{"model": {"towers": {name: kind}, "roles": {
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -288,21 +288,23 @@ def _rows_of(tower: Any, inputs: dict[str, Any], rows: Tensor, device: torch.dev
     return {name: value[rows.to(value.device)] for name, value in inputs.items()}
 
 
-def read_model(path: str | Path) -> AlignmentModel:
+def read_model(path: str | Path, load: Callable[[str], Any] | None = None) -> AlignmentModel:
     """A saved model of several towers (the top-level ``contralign.json`` names them); load any
-    model with ``encoders.loading.load_model``.
+    model with ``encoders.loading.load_model``. ``load`` loads one tower's folder (default
+    ``load_tower``; ``load_model`` passes one for its backend).
 
     Raises:
         ModelNotFoundError: not a model folder of several towers.
     """
     from contralign.encoders.loading import load_tower
 
+    load = load or load_tower
     folder = Path(path)
     manifest = read_manifest(folder, MODEL)
     spec = manifest.get("model") if manifest else None
     if not isinstance(spec, dict) or not isinstance(spec.get("towers"), dict):
         raise ModelNotFoundError(f"model: {folder}: not a model of several towers")
-    towers = {name: load_tower(str(folder / name)) for name in spec["towers"]}
+    towers = {name: load(str(folder / name)) for name in spec["towers"]}
     return AlignmentModel(towers, spec["roles"], spec.get("frozen", ()))
 
 
