@@ -12,6 +12,7 @@ from contralign.cli import (
     demo,
     encode,
     evaluate,
+    export,
     mine,
     report,
     search,
@@ -41,6 +42,7 @@ app.command("demo")(demo.demo_command)
 app.command("train")(train.train_command)
 app.command("check")(check.check_command)
 app.command("encode")(encode.encode_command)
+app.command("export")(export.export_command)
 app.command("eval")(evaluate.eval_command)
 app.command("index")(search.index_command)
 app.command("search")(search.search_command)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from contralign.cli.common import command, console, print_json
+from contralign.cli.export import Backend, backend_option
 
 TOWER_HELP = "In a model of several towers, the one to use: its name, or image / text."
 
@@ -22,6 +23,7 @@ def encode_command(
     column: str | None = typer.Option(None, "--column", help="Column holding the items."),
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    backend: Backend = backend_option(),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
     """Embed every item of INPUT with MODEL; writes a float32 (N, D) array in input order."""
@@ -35,7 +37,7 @@ def encode_command(
     check_output_file(output, "--output", inputs=[input_file, model], suffix=".npy",
                       overwrite=overwrite)
     items = [r.anchor for r in read_items(input_file, column, tower_modality(model, tower))]
-    encoder = load_tower(model, tower=tower)
+    encoder = load_tower(model, tower=tower, backend=backend)
     embeddings = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)
     with atomic_file(output) as f:  # exactly the path named: np.save(path) would add .npy
         np.save(f, embeddings, allow_pickle=False)

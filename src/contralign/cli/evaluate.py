@@ -11,6 +11,7 @@ from rich.table import Table
 from contralign.cli.align import GOLD_HELP, word_alignment_evaluators
 from contralign.cli.bitext import BITEXT_HELP, SCORING_HELP, bitext_evaluators, bitext_table
 from contralign.cli.common import command, console, parse_columns, print_json
+from contralign.cli.export import Backend, backend_option
 
 STS_COLUMNS = {"anchor": "sentence1", "positive": "sentence2", "score": "score"}
 
@@ -73,6 +74,7 @@ def eval_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", min=1,
                                   help="Bootstrap resamples for --ci."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    backend: Backend = backend_option(),
 ) -> None:
     """Evaluate MODEL, each side by its tower: STS (Spearman, Pearson ×100), retrieval
     (Recall@k, MRR@10, nDCG@10, MAP; image<->text when the pairs hold images), the geometry of
@@ -122,7 +124,7 @@ def eval_command(
     bitexts = bitext_evaluators(bitext, scoring, modalities, batch_size) if bitext else []
     evaluators += bitexts
     evaluators += word_alignment_evaluators(word_alignment, gold, align_method, layer, batch_size)
-    loaded = load_model(model)
+    loaded = load_model(model, backend=backend)
     sides = Sides(loaded.side("anchor"), loaded.side("positive"))
     intervals: dict[str, tuple[float, float]] = {}
     if ci is None:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from contralign.cli.common import command, console, print_json
 from contralign.cli.encode import TOWER_HELP
+from contralign.cli.export import Backend, backend_option
 
 if TYPE_CHECKING:
     from contralign.data import Record
@@ -37,6 +38,7 @@ def index_command(
     tower: str | None = typer.Option(None, "--tower", help=TOWER_HELP + " Queries then go "
                                      "through the model's other tower."),
     as_json: bool = typer.Option(False, "--json", help="Print what was indexed as JSON."),
+    backend: Backend = backend_option(),
     kind: str = typer.Option("exact", "--kind", help="Vector index: exact (scan every "
                              "vector), ivf (FAISS inverted lists) or hnsw (FAISS graph)."),
     nlist: int | None = typer.Option(None, "--nlist", help="IVF: cells (default 4*sqrt(N))."),
@@ -67,7 +69,7 @@ def index_command(
                                               ef_search=ef_search))
     source = model_source(model)
     chosen = Path(choose_tower(source, tower))
-    encoder = load_tower(model, tower=tower)
+    encoder = load_tower(model, tower=tower, backend=backend)
     items = [r.anchor for r in records]
     vectors = encoder.encode(items, batch_size=batch_size, show_progress=len(items) > 256)
     shown = [item if isinstance(item, str) else item.key for item in items]  # an image: its key
@@ -138,7 +140,8 @@ def _item_ids(records: list[Record], corpus: Path, id_column: str | None) -> lis
     return [str(r.label) for r in records]
 
 
-def _query_towers(index: SearchIndex, model: str | None) -> tuple[Any, Any]:
+def _query_towers(index: SearchIndex, model: str | None, backend: Backend = "torch"
+                  ) -> tuple[Any, Any]:
     """The tower that embeds text queries, and the one that embedded the index (None: the
     same). For a tower of a model of several, the queries go through the model's other tower.
 
@@ -150,8 +153,8 @@ def _query_towers(index: SearchIndex, model: str | None) -> tuple[Any, Any]:
 
     name = model or index.model_name
     if index.tower is None:
-        return load_tower(name), None
-    full = load_model(name)
+        return load_tower(name, backend=backend), None
+    full = load_model(name, backend=backend)
     indexed_by = full.towers[index.tower]
     query = full.query_side(index.tower)
     if getattr(query, "modality", "text") != "text":
@@ -181,6 +184,7 @@ def search_command(
                                       "index's."),
     ef_search: int | None = typer.Option(None, "--ef-search", help=EF_SEARCH_HELP + " Default: "
                                          "the index's."),
+    backend: Backend = backend_option(),
 ) -> None:
     """Search an index for the texts nearest to each QUERY."""
     from contralign.core.errors import ContralignError
@@ -191,7 +195,7 @@ def search_command(
             raise ContralignError(f"search: query {number} is empty; give the text to search for")
     with _option_errors("search"):
         index = load_index(index_dir, nprobe=nprobe, ef_search=ef_search)
-    encoder, indexed_by = _query_towers(index, model)
+    encoder, indexed_by = _query_towers(index, model, backend)
     results = index.search(encoder, list(query), k, indexed_by=indexed_by)
     if as_json:
         print_json([{"query": q, "hits": [{"id": h.id, "text": h.text, "score": h.score}

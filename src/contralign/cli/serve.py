@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from contralign.cli.common import command, console, err_console, print_json
+from contralign.cli.export import Backend, backend_option
 
 SERVE_EXTRA = 'pip install "contralign[serve]"'
 
@@ -37,6 +38,7 @@ def serve_command(
                                  help="Largest request body (bytes)."),
     as_json: bool = typer.Option(False, "--json",
                                  help="Print where the server listens as JSON."),
+    backend: Backend = backend_option(),
 ) -> None:
     """Serve MODEL over HTTP: /embed, /similarity, /search, OpenAI's /v1/embeddings, /metrics,
     and a search page at /."""
@@ -54,12 +56,12 @@ def serve_command(
     except ImportError:
         raise ContralignError(f"serve: the server needs the serve extra: {SERVE_EXTRA}") from None
     from contralign.serving.app import create_app
-    from contralign.serving.service import ServeSettings
+    from contralign.serving.service import ServeSettings, load_served_model
 
     settings = ServeSettings(max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                              max_items=max_items, max_chars=max_chars,
                              max_k=max_k, max_body_bytes=max_body, token=token)
-    app = create_app(model, index, settings)
+    app = create_app(load_served_model(model, index, backend=backend), settings=settings)
     loopback = _is_loopback(host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     if as_json:

@@ -19,11 +19,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contralign.core.errors import ConfigError, ContralignError
 from contralign.core.towers import modality_of
 from contralign.index import SearchIndex, load_index
+
+if TYPE_CHECKING:
+    from contralign.encoders.loading import Backend
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,15 @@ class ServedModel:
         }
 
 
-def load_served_model(model: str | Path, index_dir: str | Path | None = None) -> ServedModel:
+def load_served_model(model: str | Path, index_dir: str | Path | None = None, *,
+                      backend: Backend = "torch") -> ServedModel:
     """Load ``model`` (and the index in ``index_dir``) as ``contralign search`` does.
 
     Args:
         model: a model folder, run directory, installed package, static vectors or hub id.
         index_dir: an index folder written by ``contralign index``.
+        backend: what runs the towers: ``torch``, ``onnx`` or ``onnx-int8``
+            (``encoders.loading.load_tower``).
 
     Raises:
         ContralignError: nothing loadable, a model without a text tower, a broken index, or an
@@ -118,9 +124,9 @@ def load_served_model(model: str | Path, index_dir: str | Path | None = None) ->
     name = str(model)
     index = load_index(index_dir) if index_dir is not None else None
     if multi_tower(model_source(name)) is None:
-        tower = load_tower(name)
+        tower = load_tower(name, backend=backend)
         return served(name, {"tower": tower}, tower, index)
-    full = load_model(name)
+    full = load_model(name, backend=backend)
     towers = dict(full.online())
     if index is not None and index.tower is not None:
         if index.tower not in towers:
@@ -154,19 +160,23 @@ class TokenCounter:
     truncated as the tower truncates), on a private copy of the tokenizer.
 
     Args:
-        tower: a ``TextEncoder`` or ``StaticEncoder``; anything else counts nothing.
+        tower: a ``TextEncoder`` or ``StaticEncoder`` (or the ``OnnxTower`` of one); anything
+            else counts nothing.
     """
 
     def __init__(self, tower: Any) -> None:
+        from contralign.encoders.onnx_tower import OnnxTower
         from contralign.encoders.static import StaticEncoder
         from contralign.encoders.text import TextEncoder
 
         self._lock = threading.Lock()
         self._tower = tower
         self._tokenizer: Any = None
-        if isinstance(tower, TextEncoder):
+        onnx_kind = tower.kind if isinstance(tower, OnnxTower) else None  # same tokenizers
+        self._text = isinstance(tower, TextEncoder) or onnx_kind == "text"
+        if self._text:
             self._tokenizer = copy.deepcopy(tower.tokenizer)
-        elif isinstance(tower, StaticEncoder):
+        elif isinstance(tower, StaticEncoder) or onnx_kind == "static":
             from tokenizers import Tokenizer
 
             self._tokenizer = Tokenizer.from_str(tower.tokenizer.to_str())  # with its truncation
@@ -177,12 +187,10 @@ class TokenCounter:
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text (zeros when the tower has no tokenizer). Thread-safe; blocking."""
-        from contralign.encoders.text import TextEncoder
-
         if self._tokenizer is None:
             return [0] * len(texts)
         with self._lock:
-            if isinstance(self._tower, TextEncoder):
+            if self._text:
                 prompted = self._tower.preprocessor.prompted(list(texts))
                 ids = self._tokenizer(prompted, truncation=True, add_special_tokens=True,
                                       max_length=self._tower.config.max_length)["input_ids"]
