@@ -10,8 +10,9 @@ normalised, max length 256) encode the same texts at the same batch size and thr
   ``sentence_transformers.backend.export_dynamic_quantized_onnx_model`` (the config this CPU
   supports best: ``avx512_vnni``, else ``avx512``, else ``avx2``);
 * ``ours-torch``: ``contralign.load_tower(folder).encode``;
-* ``ours-onnx`` / ``ours-onnx-int8``: ``contralign.encoders.onnx.export_onnx(tower, dir,
-  int8=True)`` then ``load_tower(dir, backend="onnx" | "onnx-int8")``.
+* ``ours-onnx`` / ``ours-onnx-int8``: ``contralign.encoders.onnx_export.export_onnx(tower, dir,
+  int8=True)`` then ``load_tower(dir, backend="onnx" | "onnx-int8")`` (an ``OnnxTower`` whose
+  session gets torch's thread count).
 
 Texts: the distinct STS-B dev sentences (~2,900 short ones) and the 204 bundled abstracts (long,
 many truncated at 256 tokens). Each variant encodes a set once as warm-up (first 64 texts), then
@@ -69,6 +70,8 @@ from encode_speed import paper_abstracts  # noqa: E402
 VARIANTS = ("st-torch", "st-onnx", "st-onnx-int8", "ours-torch", "ours-onnx", "ours-onnx-int8")
 WARMUP_TEXTS = 64
 INT8_SPEARMAN_TOLERANCE = 0.5
+# Where contralign's export_onnx lives (the first that exists).
+EXPORT_MODULES = ("contralign.encoders.onnx_export", "contralign.encoders.onnx")
 Encode = Callable[[list[Any]], np.ndarray]
 
 
@@ -187,13 +190,13 @@ def ours_variants(wanted: set[str], work: Path, batch_size: int,
     onnx = wanted & {"ours-onnx", "ours-onnx-int8"}
     if not onnx:
         return out
-    if importlib.util.find_spec("contralign.encoders.onnx") is None:
-        print(f"note: {', '.join(sorted(onnx))} skipped: contralign.encoders.onnx is absent")
+    module = next((m for m in EXPORT_MODULES if importlib.util.find_spec(m) is not None), None)
+    if module is None:
+        print(f"note: {', '.join(sorted(onnx))} skipped: no {' or '.join(EXPORT_MODULES)}")
         return out
     from contralign.encoders.loading import load_tower
 
-    # Imported by name: the module is being written beside this script (issue 13).
-    export_onnx = importlib.import_module("contralign.encoders.onnx").export_onnx
+    export_onnx = importlib.import_module(module).export_onnx
     folder = work / ("ours-" + Path(source).name)
     export_onnx(tower, folder, int8="ours-onnx-int8" in onnx)
     for name in sorted(onnx):
