@@ -18,7 +18,9 @@ Texts: the distinct STS-B dev sentences (~2,900 short ones) and the 204 bundled 
 many truncated at 256 tokens). Each variant encodes a set once as warm-up (first 64 texts), then
 ``--repeats`` timed runs in a rotating order (a drift in load hits all alike); the figure is the
 median. Torch and onnxruntime get the same ``--threads`` (torch: ``set_num_threads``; ST's
-sessions: ``intra_op_num_threads``, one inter-op thread). From the STS-B embeddings of the first
+sessions: ``intra_op_num_threads``, one inter-op thread; ``--spinning off`` stops onnxruntime's
+idle threads busy-waiting on both sides, which on a machine shared with other work costs its
+2-thread runs much of their speed). From the STS-B embeddings of the first
 timed run: STS-B dev Spearman x 100 (cosine) of every variant, and the largest difference from
 ``st-torch``. The targets of issue 13: ours-onnx >= 2.0x st-torch; ours >= 1.2x ST's ONNX at the
 same precision; int8 Spearman within 0.5 of fp32.
@@ -34,7 +36,8 @@ optimum does not import, the ST ONNX variants are skipped with a note; where con
 export is absent, ours are.
 
 Run: ``python benchmarks/onnx_encode.py [--threads 2] [--batch-size 32] [--repeats 3]
-[--variants st-torch,...] [--limit N] [--images] [--image-count 250] [--json]``
+[--variants st-torch,...] [--limit N] [--spinning on|off] [--images] [--image-count 250]
+[--json]``
 """
 
 from __future__ import annotations
@@ -130,7 +133,23 @@ def st_quantization_config() -> str:
     return "arm64" if "aarch64" in cpu_model().lower() else "avx2"
 
 
-def st_variants(wanted: set[str], work: Path, threads: int, batch_size: int) -> dict[str, Encode]:
+def session_options(threads: int, spin: bool) -> Any:
+    """onnxruntime options as both sides use them: ``threads`` intra-op, one inter-op thread,
+    every graph optimisation; ``spin`` off stops idle threads busy-waiting (onnxruntime's own
+    pool ignores ``OMP_WAIT_POLICY``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def st_variants(wanted: set[str], work: Path, threads: int, spin: bool,
+                batch_size: int) -> dict[str, Encode]:
     """The sentence-transformers variants asked for; ONNX ones need optimum (else a note)."""
     from sentence_transformers import SentenceTransformer
 
@@ -146,7 +165,6 @@ def st_variants(wanted: set[str], work: Path, threads: int, batch_size: int) -> 
     if not onnx:
         return out
     try:
-        import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForFeatureExtraction  # noqa: F401
     except ImportError as err:
         print(f"note: {', '.join(sorted(onnx))} skipped: optimum's onnxruntime backend does not "
@@ -163,19 +181,16 @@ def st_variants(wanted: set[str], work: Path, threads: int, batch_size: int) -> 
     export_dynamic_quantized_onnx_model(exported, qconfig, str(folder))
     files = {"st-onnx": "onnx/model.onnx", "st-onnx-int8": f"onnx/model_qint8_{qconfig}.onnx"}
     for name in sorted(onnx):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         model = SentenceTransformer(str(folder), device="cpu", backend="onnx", model_kwargs={
             "file_name": files[name], "provider": "CPUExecutionProvider",
-            "session_options": options})
+            "session_options": session_options(threads, spin)})
         out[name] = encoder(model)
     print(f"ST ONNX: optimum export of the local folder; int8 by "
           f"export_dynamic_quantized_onnx_model({qconfig!r})")
     return out
 
 
-def ours_variants(wanted: set[str], work: Path, batch_size: int,
+def ours_variants(wanted: set[str], work: Path, batch_size: int, threads: int, spin: bool,
                   tower_name: str | None = None) -> dict[str, Encode]:
     """contralign's variants asked for (text tower by default, or ``tower_name``); the ONNX ones
     need ``contralign.encoders.onnx`` (else a note)."""
@@ -200,8 +215,15 @@ def ours_variants(wanted: set[str], work: Path, batch_size: int,
     folder = work / ("ours-" + Path(source).name)
     export_onnx(tower, folder, int8="ours-onnx-int8" in onnx)
     for name in sorted(onnx):
-        out[name] = onnx_encoder(load_tower(folder, backend=name.removeprefix("ours-")),
-                                 batch_size)
+        model = load_tower(folder, backend=name.removeprefix("ours-"))
+        if not spin:  # the same graph in a session of the same options as ST's, spinning off
+            import onnxruntime as ort
+
+            path = folder / ("onnx/model_qint8.onnx" if name.endswith("int8") else
+                             "onnx/model.onnx")
+            model.session = ort.InferenceSession(str(path), session_options(threads, spin),
+                                                 providers=["CPUExecutionProvider"])
+        out[name] = onnx_encoder(model, batch_size)
     return out
 
 
@@ -301,13 +323,14 @@ def run_set(label: str, texts: list[str], encode: dict[str, Encode], repeats: in
             "spearman": {name: s for name, (s, _) in scores.items()}, "spearman_pairs": pair_count}
 
 
-def run_images(count: int, batch_size: int, repeats: int, work: Path,
-               int8: bool) -> dict[str, Any]:
-    """The image tower through torch and onnxruntime on ``count`` CIFAR-10 images."""
+def run_images(count: int, batch_size: int, repeats: int, work: Path, threads: int,
+               spin: bool) -> dict[str, Any]:
+    """The image tower through torch and onnxruntime on ``count`` CIFAR-10 images (no int8:
+    contralign refuses dynamic int8 for image towers, whose convolutions lose accuracy)."""
     images, _, _ = cifar_per_class(max(1, count // 5))  # the file holds 5 classes
     items = list(images)  # (32, 32, 3) uint8 each; the tower's preprocessing resizes to 224
-    wanted = {"ours-torch", "ours-onnx"} | ({"ours-onnx-int8"} if int8 else set())
-    encode = ours_variants(wanted, work, batch_size, tower_name="efficientnet-lite0")
+    encode = ours_variants({"ours-torch", "ours-onnx"}, work, batch_size, threads, spin,
+                           tower_name="efficientnet-lite0")
     m = measure(items, encode, repeats)
     agree = agreement(m["outputs"], "ours-torch")
     print(f"\nimages: EfficientNet-Lite0, 224 px (CIFAR-10 32 px upscaled by the tower's "
@@ -346,10 +369,11 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most this many texts per set (development)")
+    parser.add_argument("--spinning", choices=("on", "off"), default="on",
+                        help="onnxruntime's idle threads busy-wait (its default: on); off is "
+                             "kinder to a machine shared with other work")
     parser.add_argument("--images", action="store_true", help="also the image tower")
     parser.add_argument("--image-count", type=int, default=250)
-    parser.add_argument("--image-int8", action="store_true",
-                        help="also the image tower's int8 export")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = parser.parse_args()
     wanted = [v for v in args.variants.split(",") if v]
@@ -359,29 +383,32 @@ def main() -> None:
     if min(args.threads, args.batch_size, args.repeats, args.image_count) < 1:
         parser.error("--threads, --batch-size, --repeats and --image-count must be at least 1")
 
+    spin = args.spinning == "on"
     data_dir()  # exit early, before loading models, when the real data is absent
     info = machine(args.threads) | versions()
     print_machine(info)
     print(f"onnxruntime {info['onnxruntime']}, optimum-onnx {info['optimum-onnx']}; model "
           f"all-MiniLM-L6-v2 ({model_folder()}); batch size {args.batch_size}; {args.threads} "
-          f"threads; {args.repeats} timed runs per variant, rotating order; median"
+          f"threads (onnxruntime spinning {args.spinning}); {args.repeats} timed runs per "
+          "variant, rotating order; median"
           f"{f'  [--limit {args.limit}]' if args.limit else ''}")
     sentences, pairs = sts_dev()
     sets = {"STS-B dev sentences": (sentences[: args.limit], pairs),
             "papers abstracts": (paper_abstracts()[: args.limit], None)}
     results: dict[str, Any] = {"benchmark": "onnx_encode", "machine": info,
                                "threads": args.threads, "batch_size": args.batch_size,
-                               "repeats": args.repeats, "limit": args.limit, "sets": {}}
+                               "repeats": args.repeats, "limit": args.limit,
+                               "ort_spinning": args.spinning, "sets": {}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optimum's and ST's deprecation notes
-        made = {**st_variants(set(wanted), Path(tmp), args.threads, args.batch_size),
-                **ours_variants(set(wanted), Path(tmp), args.batch_size)}
+        made = {**st_variants(set(wanted), Path(tmp), args.threads, spin, args.batch_size),
+                **ours_variants(set(wanted), Path(tmp), args.batch_size, args.threads, spin)}
         encode = {name: made[name] for name in VARIANTS if name in made}
         for label, (texts, set_pairs) in sets.items():
             results["sets"][label] = run_set(label, texts, encode, args.repeats, set_pairs)
         if args.images:
             results["images"] = run_images(args.image_count, args.batch_size, args.repeats,
-                                           Path(tmp), args.image_int8)
+                                           Path(tmp), args.threads, spin)
     if args.json:
         print_json(results)
 
