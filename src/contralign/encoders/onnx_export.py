@@ -196,8 +196,9 @@ class _StaticGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         vectors = self.tower.embedding.weight[input_ids]  # (B, T, D)
-        mask = attention_mask.unsqueeze(-1).to(vectors.dtype)  # (B, T, 1)
-        mean = (vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, D)
+        mask = attention_mask.to(vectors.dtype)  # (B, T)
+        share = mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, T): 1/length per token
+        mean = (share.unsqueeze(1) @ vectors).squeeze(1)  # (B, 1, T) @ (B, T, D) -> (B, D)
         return self.tower.project(mean)
 
 
@@ -236,7 +237,8 @@ def _graph_of(tower: Any) -> tuple[nn.Module, tuple[Tensor, ...], list[str],
             raise ContralignError(f"export: a {tower.kind!r} tower has no ONNX export (text, "
                                   "static and image towers have)")
     axes[OUTPUT_NAME] = {0: "batch"}
-    return graph, tuple(batch[name] for name in names), names, axes
+    device = next(tower.parameters()).device  # the example goes where the weights are
+    return graph, tuple(batch[name].to(device) for name in names), names, axes
 
 
 def check_images(size: int, count: int) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ Each graph's SHA-256 is checked against ``contralign.json`` at load.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,8 @@ from contralign.core.outputs import MODEL, read_manifest
 from contralign.core.towers import Modality
 from contralign.encoders.lengths import trim_padding
 from contralign.encoders.onnx_export import ONNX_EXTRA, ONNX_KEY
+from contralign.encoders.static import _pad as pad_ids
+from contralign.encoders.static import _tokenize as tokenize
 
 Precision = Literal["fp32", "int8"]
 # Above this many items, encode() shows a progress bar unless told otherwise.
@@ -181,25 +183,29 @@ class OnnxTower(nn.Module):
         out = np.empty((len(items), self.dim), dtype=np.float32)
         if not items:
             return out
-        order = self._order(items, preprocessor)
+        order, batch_of = self._batches(items, preprocessor)
         show = len(items) > PROGRESS_THRESHOLD if show_progress is None else show_progress
         for start in _progress(range(0, len(items), batch_size), show):
             rows = order[start:start + batch_size]
-            out[rows] = self(preprocessor([items[i] for i in rows])).numpy()
+            out[rows] = self(batch_of(rows)).numpy()
         return out
 
-    def _order(self, items: list[Any], preprocessor: Any) -> np.ndarray:
-        """Row order: texts longest first (ties in input order), images as given."""
+    def _batches(self, items: list[Any], preprocessor: Any
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray], dict[str, Tensor]]]:
+        """The row order (texts longest first, ties in input order; images as given) and the
+        batch of given rows. A static tower's texts are tokenized once: its tokenizer is most
+        of its cost."""
         if self.kind == "image":
-            return np.arange(len(items))
-        if self.kind == "text":
-            lengths = [len(ids) for ids in self.tokenizer(
-                preprocessor.prompted(items), truncation=True,
-                max_length=self.config.max_length, add_special_tokens=True)["input_ids"]]
-        else:
-            encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-            lengths = [len(e.ids) for e in encode(items, add_special_tokens=False)]
-        return np.argsort([-n for n in lengths], kind="stable")
+            return np.arange(len(items)), lambda rows: preprocessor([items[i] for i in rows])
+        if self.kind == "static":
+            ids = [e.ids for e in tokenize(self.tokenizer, items)]
+            order = np.argsort([-len(row) for row in ids], kind="stable")
+            return order, lambda rows: pad_ids([ids[i] for i in rows])
+        lengths = [len(row) for row in self.tokenizer(
+            preprocessor.prompted(items), truncation=True, max_length=self.config.max_length,
+            add_special_tokens=True)["input_ids"]]
+        order = np.argsort([-n for n in lengths], kind="stable")
+        return order, lambda rows: preprocessor([items[i] for i in rows])
 
 
 # --- loading ----------------------------------------------------------------------------------
