@@ -312,3 +312,21 @@ def test_export_refusals(tmp_path: Path, exported: dict[str, tuple[Any, Path]],
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
     with pytest.raises(ContralignError, match=r'pip install "contralign\[onnx\]"'):
         OnnxTower.load(exported["static"][1])
+
+
+def test_prompts_go_in_front_as_in_torch(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from contralign.core.errors import ConfigError
+
+    tower = load_tower(tiny_model_dir, prompts={"query": "query: ", "passage": "passage: "},
+                       default_prompt_name="passage", normalize=True)
+    export_onnx(tower, tmp_path / "tiny")
+    onnx = load_tower(tmp_path / "tiny", backend="onnx")
+    texts = paper_titles()[:12]
+    for prompt in (None, "query"):
+        expected = tower.encode(texts, batch_size=5, prompt_name=prompt)
+        assert np.abs(onnx.encode(texts, batch_size=5, prompt_name=prompt) - expected).max() \
+            <= 1e-5
+    assert np.abs(onnx.encode(texts, prompt_name="query")
+                  - onnx.encode(texts, prompt_name="passage")).max() > 1e-3
+    with pytest.raises(ConfigError, match="'title'"):
+        onnx.encode(texts, prompt_name="title")

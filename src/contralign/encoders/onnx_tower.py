@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contralign.core.errors import ContralignError, ModelNotFoundError
+from contralign.core.errors import ConfigError, ContralignError, ModelNotFoundError
 from contralign.core.io import file_sha256
 from contralign.core.outputs import MODEL, read_manifest
 from contralign.core.towers import Modality
@@ -150,16 +150,16 @@ class OnnxTower(nn.Module):
         """A text tower's prompt text (None: the default prompt, "" without one).
 
         Raises:
-            ContralignError: a prompt name the tower does not have, or a tower without prompts.
+            ConfigError: a prompt name the tower does not have, or a tower without prompts.
         """
         if self.kind != "text":
             if prompt_name is not None:
-                raise ContralignError(f"prompt_name: a {self.kind} tower has no prompts")
+                raise ConfigError(f"prompt_name: a {self.kind} tower has no prompts")
             return ""
         if prompt_name is None:
             return str(self.config.default_prompt)
         if prompt_name not in self.config.prompts:
-            raise ContralignError(f"prompt_name: {prompt_name!r} is not a prompt of this tower "
+            raise ConfigError(f"prompt_name: {prompt_name!r} is not a prompt of this tower "
                                   f"(it has: {', '.join(self.config.prompts) or 'none'})")
         return str(self.config.prompts[prompt_name])
 
@@ -171,7 +171,7 @@ class OnnxTower(nn.Module):
         padded to its own longest row (as ``TextEncoder.encode``); images go in input order.
 
         Raises:
-            ContralignError: ``prompt_name`` names no prompt of the tower.
+            ConfigError: ``prompt_name`` names no prompt of the tower.
             DataError: an image that cannot be read.
         """
         items = list(items)
