@@ -49,6 +49,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ def sts_dev() -> tuple[list[str], list[tuple[str, str, float]]]:
     path = require(data_dir() / "sts" / "stsb-en-dev.tsv")
     records = load_records(DataConfig(path=str(path), columns={
         "anchor": "sentence1", "positive": "sentence2", "score": "score"})).records
-    pairs = [(r.anchor, r.positive or r.anchor, float(r.score or 0.0)) for r in records]
+    pairs = [(str(r.anchor), str(r.positive or r.anchor), float(r.score or 0.0))
+             for r in records]
     seen: dict[str, None] = {}
     for first, second, _ in pairs:
         seen.setdefault(first)
@@ -215,7 +217,7 @@ def ours_variants(wanted: set[str], work: Path, batch_size: int, threads: int, s
     folder = work / ("ours-" + Path(source).name)
     export_onnx(tower, folder, int8="ours-onnx-int8" in onnx)
     for name in sorted(onnx):
-        model = load_tower(folder, backend=name.removeprefix("ours-"))
+        model = load_tower(folder, backend="onnx-int8" if name.endswith("int8") else "onnx")
         if not spin:  # the same graph in a session of the same options as ST's, spinning off
             import onnxruntime as ort
 
@@ -247,7 +249,7 @@ def measure(items: list[Any], encode: dict[str, Encode], repeats: int) -> dict[s
     for repeat in range(repeats):
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
-            elapsed, out = timed(lambda name=name: encode[name](items))
+            elapsed, out = timed(partial(encode[name], items))
             seconds[name].append(elapsed)
             outputs.setdefault(name, np.asarray(out, dtype=np.float32))
     return {"seconds": seconds,

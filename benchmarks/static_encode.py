@@ -24,6 +24,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +76,18 @@ def measure(texts: list[str], encode: dict[str, Callable[[list[str]], Any]], rep
     ``min_seconds``: a set of short sentences encodes in a few milliseconds, below what one
     timing on a shared machine resolves.
     """
-    for side in encode.values():  # warm-up: first calls allocate
-        side(texts[:WARMUP_TEXTS])
-    first = min(timed(lambda side=side: side(texts))[0] for side in encode.values())
+    for fn in encode.values():  # warm-up: first calls allocate
+        fn(texts[:WARMUP_TEXTS])
+    first = min(timed(partial(fn, texts))[0] for fn in encode.values())
     rounds = max(1, math.ceil(min_seconds / max(first, 1e-6)))
-    seconds: dict[str, list[float]] = {side: [] for side in encode}
+    seconds: dict[str, list[float]] = {name: [] for name in encode}
     outputs: dict[str, Any] = {}
-    sides = list(encode)
+    names = list(encode)
     for repeat in range(repeats):
-        for side in sides if repeat % 2 == 0 else sides[::-1]:
-            elapsed, out = timed(lambda side=side: [encode[side](texts) for _ in range(rounds)])
-            seconds[side].append(elapsed / rounds)
-            outputs.setdefault(side, out[0])
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            elapsed, out = timed(partial(_rounds, encode[name], texts, rounds))
+            seconds[name].append(elapsed / rounds)
+            outputs.setdefault(name, out)
     speed = {side: len(texts) / median(values) for side, values in seconds.items()}
     best = {side: len(texts) / min(values) for side, values in seconds.items()}
     a, b = (np.asarray(outputs[side], dtype=np.float32) for side in ("ours", "st"))
@@ -107,6 +108,14 @@ def measure(texts: list[str], encode: dict[str, Callable[[list[str]], Any]], rep
         "min_cosine": float(cosine.min()) if cosine.size else float("nan"),
         "empty_texts": int((~nonzero).sum()),
     }
+
+
+def _rounds(fn: Callable[[list[str]], Any], texts: list[str], rounds: int) -> Any:
+    """``fn(texts)`` ``rounds`` times; the first result."""
+    first = fn(texts)
+    for _ in range(rounds - 1):
+        fn(texts)
+    return first
 
 
 def run_vectors(name: str, sets: dict[str, list[str]], batch_sizes: list[int], repeats: int,
