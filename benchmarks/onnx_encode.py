@@ -23,7 +23,10 @@ idle threads busy-waiting on both sides, which on a machine shared with other wo
 2-thread runs much of their speed). From the STS-B embeddings of the first
 timed run: STS-B dev Spearman x 100 (cosine) of every variant, and the largest difference from
 ``st-torch``. The targets of issue 13: ours-onnx >= 2.0x st-torch; ours >= 1.2x ST's ONNX at the
-same precision; int8 Spearman within 0.5 of fp32.
+same precision; int8 Spearman within 0.5 of fp32. Beside each speed, the model GFLOP/s (forward
+FLOPs of the length-sorted, padded batches, counted by torch, over the median time) and its
+fraction of this machine's fp32 matmul peak (``flops.matmul_peak``, measured in the same run):
+how far each variant is from what the hardware can do.
 
 ``--images``: the image tower (EfficientNet-Lite0, 224 px; ``load_tower("efficientnet-lite0")``)
 through torch and through onnxruntime on ``--image-count`` CIFAR-10 images (32 px, upscaled by the
@@ -271,6 +274,45 @@ def agreement(outputs: dict[str, np.ndarray], reference: str) -> dict[str, dict[
     return result
 
 
+# --- distance to the hardware --------------------------------------------------------------
+
+
+def forward_flops(tower: Any, texts: list[str], batch_size: int) -> int:
+    """Model FLOPs of one forward pass over ``texts`` as length-sorted batching runs it: texts
+    sorted longest first, batches of ``batch_size`` padded to their longest row (what ours does;
+    ST sorts by characters, which gives nearly the same batches). Counted by torch on one row of
+    each width through the transformer (``flops.count_flops``: matrix products only; a real
+    forward, as transformers 4 reads tensor values and a ``meta`` copy cannot run it)."""
+    import torch
+    from flops import count_flops
+
+    lengths = sorted((len(ids) for ids in tower.tokenizer(
+        texts, truncation=True, max_length=tower.config.max_length)["input_ids"]), reverse=True)
+    model = tower.model.eval()
+    per_row: dict[int, int] = {}
+    total = 0
+    for start in range(0, len(lengths), batch_size):
+        rows, width = len(lengths[start:start + batch_size]), lengths[start]
+        if width not in per_row:
+            ids = torch.zeros(1, width, dtype=torch.long)  # (1, width)
+            with torch.inference_mode():
+                per_row[width] = count_flops(partial(model, input_ids=ids,
+                                                     attention_mask=torch.ones_like(ids)))
+        total += rows * per_row[width]
+    return total
+
+
+def hardware(tower: Any, sets: dict[str, list[str]], batch_size: int) -> dict[str, Any]:
+    """Each set's forward FLOPs and this machine's fp32 matmul peak at torch's thread count."""
+    from flops import matmul_peak
+
+    peak = matmul_peak()
+    flops = {name: forward_flops(tower, texts, batch_size) for name, texts in sets.items()}
+    print(f"fp32 matmul peak (torch, {peak['threads']} threads): {peak['gflops']:.0f} GFLOP/s; "
+          "model GFLOP/s below = forward FLOPs of the padded batches / median time")
+    return {"matmul_peak_gflops": peak["gflops"], "matmul_peak": peak, "forward_flops": flops}
+
+
 # --- reports ----------------------------------------------------------------------------------
 
 # (numerator, denominator, target): the comparisons issue 13 sets targets for.
@@ -286,24 +328,29 @@ RATIOS = (
 
 
 def run_set(label: str, texts: list[str], encode: dict[str, Encode], repeats: int,
-            pairs: list[tuple[str, str, float]] | None) -> dict[str, Any]:
-    """Time one text set, print its table and ratios; the figures without the embeddings."""
+            pairs: list[tuple[str, str, float]] | None, flops: int,
+            peak: float) -> dict[str, Any]:
+    """Time one text set, print its table and ratios; the figures without the embeddings.
+
+    ``flops``: the set's forward FLOPs; ``peak``: the fp32 matmul peak in GFLOP/s."""
     m = measure(texts, encode, repeats)
     agree = agreement(m["outputs"], "st-torch")
     scores = {name: spearman(texts, out, pairs) for name, out in m["outputs"].items()} \
         if pairs else {}
     print(f"\n{label}: {len(texts)} texts")
     print(f"  {'variant':<15} {'texts/s':>8} {'x st-torch':>10}  {'runs (s)':<22} "
-          f"{'max|diff|':>9} {'min cos':>8} {'Spearman':>8}")
+          f"{'max|diff|':>9} {'min cos':>8} {'Spearman':>8} {'GFLOP/s':>8} {'of peak':>7}")
     base = m["per_second"].get("st-torch")
     nan = float("nan")
+    gflops = {name: flops / median(m["seconds"][name]) / 1e9 for name in encode}
     for name in encode:
         a = agree.get(name, {})
         score = f"{scores[name][0]:8.2f}" if name in scores else f"{'':8}"
         print(f"  {name:<15} {m['per_second'][name]:8.1f} "
               f"{ratio(m['per_second'][name], base) if base else nan:9.2f}x  "
               f"{', '.join(f'{s:.2f}' for s in m['seconds'][name]):<22} "
-              f"{a.get('max_abs_diff', nan):9.1e} {a.get('min_cosine', nan):8.5f} {score}")
+              f"{a.get('max_abs_diff', nan):9.1e} {a.get('min_cosine', nan):8.5f} {score} "
+              f"{gflops[name]:8.1f} {gflops[name] / peak:7.0%}")
     ratios = {}
     for top, bottom, target in RATIOS:
         if top in m["per_second"] and bottom in m["per_second"]:
@@ -321,6 +368,7 @@ def run_set(label: str, texts: list[str], encode: dict[str, Encode], repeats: in
     if scores:
         print(f"  Spearman x 100 (cosine) over {pair_count} STS-B dev pairs")
     return {"texts": len(texts), "seconds": m["seconds"], "texts_per_second": m["per_second"],
+            "forward_flops": flops, "model_gflops": gflops,
             "ratios": ratios, "agreement_with_st_torch": agree,
             "spearman": {name: s for name, (s, _) in scores.items()}, "spearman_pairs": pair_count}
 
@@ -385,6 +433,8 @@ def main() -> None:
     if min(args.threads, args.batch_size, args.repeats, args.image_count) < 1:
         parser.error("--threads, --batch-size, --repeats and --image-count must be at least 1")
 
+    import contralign
+
     spin = args.spinning == "on"
     data_dir()  # exit early, before loading models, when the real data is absent
     info = machine(args.threads) | versions()
@@ -406,8 +456,14 @@ def main() -> None:
         made = {**st_variants(set(wanted), Path(tmp), args.threads, spin, args.batch_size),
                 **ours_variants(set(wanted), Path(tmp), args.batch_size, args.threads, spin)}
         encode = {name: made[name] for name in VARIANTS if name in made}
+        results["hardware"] = hardware(contralign.load_tower(str(model_folder())),
+                                       {label: texts for label, (texts, _) in sets.items()},
+                                       args.batch_size)
         for label, (texts, set_pairs) in sets.items():
-            results["sets"][label] = run_set(label, texts, encode, args.repeats, set_pairs)
+            results["sets"][label] = run_set(
+                label, texts, encode, args.repeats, set_pairs,
+                results["hardware"]["forward_flops"][label],
+                results["hardware"]["matmul_peak_gflops"])
         if args.images:
             results["images"] = run_images(args.image_count, args.batch_size, args.repeats,
                                            Path(tmp), args.threads, spin)
