@@ -211,8 +211,11 @@ def ours_variants(wanted: set[str], work: Path, batch_size: int, threads: int, s
     if not onnx:
         return out
     module = next((m for m in EXPORT_MODULES if importlib.util.find_spec(m) is not None), None)
-    if module is None:
-        print(f"note: {', '.join(sorted(onnx))} skipped: no {' or '.join(EXPORT_MODULES)}")
+    missing = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
+    if module is None or missing:
+        why = f"no {' or '.join(EXPORT_MODULES)}" if module is None else \
+            f"{' and '.join(missing)} not installed"
+        print(f"note: {', '.join(sorted(onnx))} skipped: {why}")
         return out
     from contralign.encoders.loading import load_tower
 
