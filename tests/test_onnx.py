@@ -124,6 +124,16 @@ def test_export_folder_is_the_torch_towers(exported: dict[str, tuple[Any, Path]]
         assert set(entry["versions"]) == {"torch", "onnx", "onnxruntime"}
         assert entry["opset"] >= 17 and entry["inputs"] and entry["dim"] == tower.dim
         assert ("int8" in entry["files"]) == (name in ("text", "static")), name
+    # The text graph is traced with eager attention (no sdpa IsNaN/Where pass over the
+    # probabilities), and the torch tower gets its own implementation back.
+    text, text_folder = exported["text"]
+    assert json.loads((text_folder / "contralign.json").read_text())["onnx"]["attention"] == \
+        "eager"
+    assert text.model.config._attn_implementation == "sdpa"
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(text_folder / "onnx" / "model.onnx")).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops
     int8 = load_tower(exported["text"][1], backend="onnx-int8")
     assert int8.fingerprint() != exported["text"][0].fingerprint()
     assert int8.fingerprint().startswith(exported["text"][0].fingerprint())
