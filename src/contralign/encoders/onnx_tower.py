@@ -30,8 +30,7 @@ from contralign.core.outputs import MODEL, read_manifest
 from contralign.core.towers import Modality
 from contralign.encoders.lengths import trim_padding
 from contralign.encoders.onnx_export import ONNX_EXTRA, ONNX_KEY
-from contralign.encoders.static import _pad as pad_ids
-from contralign.encoders.static import _tokenize as tokenize
+from contralign.encoders.static import pad_ids, tokenize
 
 Precision = Literal["fp32", "int8"]
 # Above this many items, encode() shows a progress bar unless told otherwise.

@@ -158,7 +158,7 @@ class StaticPreprocessor:
     tokenizer: Tokenizer
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        return _pad([encoding.ids for encoding in _tokenize(self.tokenizer, texts)])
+        return pad_ids([encoding.ids for encoding in tokenize(self.tokenizer, texts)])
 
 
 class StaticEncoder(nn.Module):
@@ -377,10 +377,10 @@ class StaticEncoder(nn.Module):
                 "fingerprint": self.fingerprint(), **(extra or {})})
 
     def _tokenize(self, texts: Iterable[str]) -> list[Any]:
-        return _tokenize(self.tokenizer, texts)
+        return tokenize(self.tokenizer, texts)
 
 
-def _tokenize(tokenizer: Tokenizer, texts: Iterable[str]) -> list[Any]:
+def tokenize(tokenizer: Tokenizer, texts: Iterable[str]) -> list[Any]:
     # encode_batch_fast (tokenizers >= 0.20) skips character offsets: the same ids, faster.
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     return encode(list(texts), add_special_tokens=False)
@@ -462,7 +462,7 @@ def _package_folder(module: str) -> Path | None:
 # --- batches ------------------------------------------------------------------------------
 
 
-def _pad(ids: list[list[int]]) -> dict[str, Tensor]:
+def pad_ids(ids: list[list[int]]) -> dict[str, Tensor]:
     """Right-pad token ids with 0 under a mask: ``(B, T)`` each, ``T >= 1``."""
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))  # (B,)
     width = max(int(lengths.max(initial=0)), 1)
