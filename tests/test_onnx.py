@@ -31,7 +31,7 @@ from contralign.encoders.onnx_export import (  # noqa: E402
     export_onnx,
     fp32_tolerance,
 )
-from contralign.encoders.onnx_tower import OnnxTower  # noqa: E402
+from contralign.encoders.onnx_tower import MAX_BATCH_TOKENS, OnnxTower, _spans  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -107,6 +107,20 @@ def test_batches_are_sorted_trimmed_and_back_in_input_order(
     assert np.abs(together - alone).max() <= 1e-5
     np.testing.assert_array_equal(together[0], together[4])
     assert np.abs(together[0] - together[1]).max() > 0.01
+
+
+def test_text_batches_hold_at_most_the_token_budget() -> None:
+    """Long texts go in batches of at most MAX_BATCH_TOKENS padded tokens (one row at least),
+    short ones in batches of batch_size rows; every row once, in the given order."""
+    lengths = np.array([300, 256, 256, 256, 256, 256, 40, 30, 20, 10, 10, 5])
+    order = np.argsort(-lengths, kind="stable")
+    spans = _spans(order, lengths, batch_size=4)
+    np.testing.assert_array_equal(np.concatenate(spans), order)
+    for rows in spans:
+        assert len(rows) <= 4
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= MAX_BATCH_TOKENS
+    assert [len(rows) for rows in spans] == [3, 4, 4, 1]  # 1024 // 300 = 3, then 1024 // 256 = 4
+    assert [len(rows) for rows in _spans(order, None, 5)] == [5, 5, 2]
 
 
 def test_export_folder_is_the_torch_towers(exported: dict[str, tuple[Any, Path]]) -> None:
