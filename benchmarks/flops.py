@@ -16,7 +16,9 @@ peak says how far it is from what the hardware can do. Both numbers come from th
   rows is ``rows`` times that, exactly, since every product of a transformer is batched over rows
   (``tests/test_flops.py`` checks it against a count of the whole batch). Without an attention
   mask the count is the same as with one: the attention products are counted in full either way.
-- ``matmul_peak`` times ``torch.matmul`` of square fp32 matrices at the current thread count.
+- ``matmul_peak`` times ``torch.matmul`` of square fp32 matrices at the current thread count, and
+  ``ort_matmul_peak`` onnxruntime's ``MatMul`` (another kernel library; the larger of the two is
+  the machine's peak).
 """
 
 from __future__ import annotations
@@ -112,3 +114,48 @@ def matmul_peak(sizes: Sequence[int] = PEAK_SIZES, repeats: int = 3) -> dict[str
     by_size = {size: 2 * size**3 / matmul_seconds(size, repeats) / 1e9 for size in sizes}
     return {"gflops": max(by_size.values()), "by_size": by_size, "repeats": repeats,
             "threads": torch.get_num_threads()}
+
+
+def ort_matmul_peak(threads: int, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 3,
+                    spin: bool = True) -> dict[str, Any]:
+    """The fp32 matmul peak as onnxruntime reaches it: ``2 n^3`` FLOPs over the fastest of
+    ``repeats`` runs of a one-node ``MatMul`` graph of ``(n, n)`` inputs (after a warm-up run),
+    ``threads`` intra-op threads (``spin``: idle threads busy-wait, onnxruntime's default).
+    Measured beside ``matmul_peak`` because the two use different kernels (onnxruntime's MLAS,
+    torch's MKL), which on some CPUs differ by a wide margin: on an AMD EPYC, 2 threads, MKL
+    reached 179 GFLOP/s and MLAS 364. Needs onnx and onnxruntime.
+
+    Returns:
+        ``{"gflops": float, "by_size": {n: GFLOP/s}, "repeats": int, "threads": int}``.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    by_size = {}
+    for size in sizes:
+        shape = [size, size]
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "ab"],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        feed = {name: rng.standard_normal(shape, dtype=np.float32) for name in "ab"}
+        session.run(None, feed)  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            session.run(None, feed)
+            best = min(best, time.perf_counter() - start)
+        by_size[size] = 2 * size**3 / best / 1e9
+    return {"gflops": max(by_size.values()), "by_size": by_size, "repeats": repeats,
+            "threads": threads}

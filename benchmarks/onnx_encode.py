@@ -305,46 +305,15 @@ def forward_flops(tower: Any, texts: list[str], batch_size: int) -> int:
     return total
 
 
-def ort_matmul_peak(threads: int, spin: bool, sizes: tuple[int, ...] = (1024, 2048, 4096),
-                    repeats: int = 3) -> dict[str, Any]:
-    """The fp32 matmul peak as onnxruntime reaches it: ``2 n^3`` FLOPs over the fastest of
-    ``repeats`` runs of a one-node ``MatMul`` graph of ``(n, n)`` inputs (after a warm-up run), on
-    the benchmark's session options. Measured beside torch's because the two use different
-    kernels (onnxruntime's MLAS, torch's oneDNN/MKL), which on some CPUs differ by a wide margin;
-    the larger is this machine's peak."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    by_size = {}
-    for size in sizes:
-        shape = [size, size]
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-            [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in "ab"],
-            [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-        session = ort.InferenceSession(model.SerializeToString(), session_options(threads, spin),
-                                       providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
-        feed = {name: rng.standard_normal(shape, dtype=np.float32) for name in "ab"}
-        session.run(None, feed)  # warm-up
-        by_size[size] = 2 * size**3 / min(timed(partial(session.run, None, feed))[0]
-                                          for _ in range(repeats)) / 1e9
-    return {"gflops": max(by_size.values()), "by_size": by_size, "repeats": repeats,
-            "threads": threads}
-
-
 def hardware(tower: Any, sets: dict[str, list[str]], batch_size: int, threads: int,
              spin: bool) -> dict[str, Any]:
     """Each set's forward FLOPs and this machine's fp32 matmul peak: the larger of torch's and
     onnxruntime's (where it imports) at the benchmark's thread count."""
-    from flops import matmul_peak
+    from flops import matmul_peak, ort_matmul_peak
 
     peaks = {"torch": matmul_peak()}
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        peaks["onnxruntime"] = ort_matmul_peak(threads, spin)
+        peaks["onnxruntime"] = ort_matmul_peak(threads, spin=spin)
     best = max(peak["gflops"] for peak in peaks.values())
     flops = {name: forward_flops(tower, texts, batch_size) for name, texts in sets.items()}
     print(f"fp32 matmul peak ({threads} threads): "

@@ -103,3 +103,11 @@ def test_matmul_peak_is_positive_and_finite() -> None:
     assert all(math.isfinite(g) and g > 0 for g in peak["by_size"].values())
     assert peak["gflops"] == max(peak["by_size"].values())
     assert peak["threads"] == torch.get_num_threads()
+
+
+def test_onnxruntime_matmul_peak_is_positive_and_finite() -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    peak = flops.ort_matmul_peak(threads=1, sizes=(16, 32), repeats=2)
+    assert set(peak["by_size"]) == {16, 32} and peak["threads"] == 1
+    assert all(math.isfinite(g) and g > 0 for g in peak["by_size"].values())
+    assert peak["gflops"] == max(peak["by_size"].values())
