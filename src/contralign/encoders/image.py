@@ -138,7 +138,8 @@ class ImageTower(nn.Module):
         # Channels-last convolutions (oneDNN's NHWC kernels; cuDNN's too): the same arithmetic,
         # 1.66x faster per training step of resnet18-cifar-w8 (512 views of 28 px, 2 CPU cores:
         # 0.376 -> 0.227 s). Inputs follow in _pooled; saved weights are made contiguous.
-        self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        self.backbone = backbone.module.to(  # type: ignore[call-overload]  # not in its stubs
+            memory_format=torch.channels_last)
         self.feature_dim = backbone.width
         self._pooled_backbone = backbone.pools
         self.head = (nn.Linear(backbone.width, config.projection_dim, bias=False)

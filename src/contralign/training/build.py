@@ -13,6 +13,7 @@ from contralign.encoders.heads import ProjectionHead, has_batchnorm
 from contralign.encoders.loading import Tower, load_tower
 from contralign.encoders.model import AlignmentModel
 from contralign.encoders.momentum import MomentumEncoder
+from contralign.encoders.onnx_tower import OnnxTower
 from contralign.encoders.text import TextEncoder
 from contralign.objectives import OBJECTIVES, build_objective
 from contralign.training.config import TowerConfig, TrainConfig
@@ -30,6 +31,7 @@ def build_tower(config: TowerConfig) -> Tower:
             ``freeze_embeddings`` on a tower that is not a transformer text tower.
     """
     tower = load_tower(config.name, config.tower, **config.overrides())
+    assert not isinstance(tower, OnnxTower)  # only backend="onnx" loads one
     if config.freeze_embeddings:
         if not isinstance(tower, TextEncoder):
             raise ConfigError(f"freeze_embeddings: {config.name} is a {tower.kind} tower; only a "
