@@ -159,3 +159,21 @@ def ort_matmul_peak(threads: int, sizes: Sequence[int] = PEAK_SIZES, repeats: in
         by_size[size] = 2 * size**3 / best / 1e9
     return {"gflops": max(by_size.values()), "by_size": by_size, "repeats": repeats,
             "threads": threads}
+
+
+def machine_peak(sizes: Sequence[int] = PEAK_SIZES, threads: int | None = None,
+                 spin: bool = True) -> dict[str, Any]:
+    """This machine's fp32 matmul peak: ``matmul_peak`` and, where onnx and onnxruntime import,
+    ``ort_matmul_peak`` at ``threads`` (default torch's); ``gflops`` is the larger.
+
+    Returns:
+        ``{"gflops": float, "by_library": {"torch": record, "onnxruntime": record}}``.
+    """
+    import importlib.util
+
+    threads = threads or torch.get_num_threads()
+    by_library = {"torch": matmul_peak(sizes)}
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        by_library["onnxruntime"] = ort_matmul_peak(threads, sizes, spin=spin)
+    return {"gflops": max(peak["gflops"] for peak in by_library.values()),
+            "by_library": by_library}

@@ -25,7 +25,8 @@ timed run: STS-B dev Spearman x 100 (cosine) of every variant, and the largest d
 ``st-torch``. The targets of issue 13: ours-onnx >= 2.0x st-torch; ours >= 1.2x ST's ONNX at the
 same precision; int8 Spearman within 0.5 of fp32. Beside each speed, the model GFLOP/s (forward
 FLOPs of the length-sorted, padded batches, counted by torch, over the median time) and its
-fraction of this machine's fp32 matmul peak (``flops.matmul_peak``, measured in the same run):
+fraction of this machine's fp32 matmul peak (``flops.machine_peak``: the larger of torch's and
+onnxruntime's, measured in the same run):
 how far each variant is from what the hardware can do.
 
 ``--images``: the image tower (EfficientNet-Lite0, 224 px; ``load_tower("efficientnet-lite0")``)
@@ -309,15 +310,13 @@ def hardware(tower: Any, sets: dict[str, list[str]], batch_size: int, threads: i
              spin: bool) -> dict[str, Any]:
     """Each set's forward FLOPs and this machine's fp32 matmul peak: the larger of torch's and
     onnxruntime's (where it imports) at the benchmark's thread count."""
-    from flops import matmul_peak, ort_matmul_peak
+    from flops import machine_peak
 
-    peaks = {"torch": matmul_peak()}
-    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        peaks["onnxruntime"] = ort_matmul_peak(threads, spin=spin)
-    best = max(peak["gflops"] for peak in peaks.values())
+    peak = machine_peak(threads=threads, spin=spin)
+    peaks, best = peak["by_library"], peak["gflops"]
     flops = {name: forward_flops(tower, texts, batch_size) for name, texts in sets.items()}
     print(f"fp32 matmul peak ({threads} threads): "
-          + ", ".join(f"{side} {peak['gflops']:.0f}" for side, peak in peaks.items())
+          + ", ".join(f"{side} {record['gflops']:.0f}" for side, record in peaks.items())
           + f" GFLOP/s, peak = {best:.0f}; model GFLOP/s below = forward FLOPs of the padded "
           "batches / median time (int8 variants do the same products in int8, so they can pass "
           "the fp32 peak)")

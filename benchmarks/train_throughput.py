@@ -19,8 +19,8 @@ a ``meta`` copy of that side's model (``flops.TransformerFlops``), and the FLOPs
 over the timed seconds are the side's model FLOP/s (products only: the loss's ``B x B``
 similarities, well under 1 % of the products here, element-wise ops and the optimiser are not
 counted). The fp32 matmul peak of this machine at the same thread count is measured first in the
-same process, by torch (``flops.matmul_peak``, ``--peak-sizes``) and, where it is installed, by
-onnxruntime (``flops.ort_matmul_peak``: another kernel library, which on an AMD CPU reaches twice
+same process (``flops.machine_peak``, ``--peak-sizes``): by torch and, where it is installed, by
+onnxruntime (another kernel library, which on an AMD CPU reaches twice
 what torch's MKL does); each side's FLOP/s is reported as a share of the larger.
 
 Data: the 1,299 SICK-E train pairs labelled ENTAILMENT (short sentences: more than half of a
@@ -57,7 +57,7 @@ from common import (  # noqa: E402
     read_tsv,
     require,
 )
-from flops import PEAK_SIZES, TransformerFlops, matmul_peak, ort_matmul_peak  # noqa: E402
+from flops import PEAK_SIZES, TransformerFlops, machine_peak  # noqa: E402
 from probes import TrainingProbe  # noqa: E402
 from train_parity import (  # noqa: E402
     LR,
@@ -153,21 +153,13 @@ def run_reference(model_path: Path, pairs: Pairs, work: Path, batch_size: int, s
     return timed_run("st", transformer, probe, batch_size)
 
 
-def machine_peak(sizes: list[int]) -> dict[str, Any]:
-    """The fp32 matmul peak by torch and (where installed) onnxruntime, printed; ``gflops`` is the
-    larger, ``by_library`` each library's ``matmul_peak`` record."""
-    import importlib.util
-
-    by_library = {"torch": matmul_peak(sizes)}
-    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-        by_library["onnxruntime"] = ort_matmul_peak(torch.get_num_threads(), sizes)
-    for library, peak in by_library.items():
-        print(f"fp32 matmul peak, {library}: {peak['gflops']:.1f} GFLOP/s (square matrices, "
-              f"fastest of {peak['repeats']} after a warm-up, {peak['threads']} threads; "
-              + ", ".join(f"{n}: {g:.1f}" for n, g in peak["by_size"].items()) + ")", flush=True)
-    gflops = max(peak["gflops"] for peak in by_library.values())
-    print(f"% of peak below: of {gflops:.1f} GFLOP/s, the larger", flush=True)
-    return {"gflops": gflops, "by_library": by_library}
+def print_peak(peak: dict[str, Any]) -> None:
+    """``flops.machine_peak``'s record, a line per library."""
+    for library, record in peak["by_library"].items():
+        print(f"fp32 matmul peak, {library}: {record['gflops']:.1f} GFLOP/s (square matrices, "
+              f"fastest of {record['repeats']} after a warm-up, {record['threads']} threads; "
+              + ", ".join(f"{n}: {g:.1f}" for n, g in record["by_size"].items()) + ")", flush=True)
+    print(f"% of peak below: of {peak['gflops']:.1f} GFLOP/s, the larger", flush=True)
 
 
 def summary(side: str, runs: list[Run], peak_gflops: float) -> dict[str, Any]:
@@ -272,6 +264,7 @@ def main() -> None:
           f"{args.repeats} runs; steps per run {[steps_for(b) for b in args.sizes]} (first is "
           "warm-up)")
     peak = machine_peak(args.peak)
+    print_peak(peak)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="contralign-throughput-") as tmp:
         work = Path(tmp)

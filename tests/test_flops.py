@@ -111,3 +111,9 @@ def test_onnxruntime_matmul_peak_is_positive_and_finite() -> None:
     assert set(peak["by_size"]) == {16, 32} and peak["threads"] == 1
     assert all(math.isfinite(g) and g > 0 for g in peak["by_size"].values())
     assert peak["gflops"] == max(peak["by_size"].values())
+
+
+def test_machine_peak_is_the_larger_library() -> None:
+    peak = flops.machine_peak(sizes=(16, 32), threads=1)
+    assert "torch" in peak["by_library"]
+    assert peak["gflops"] == max(r["gflops"] for r in peak["by_library"].values())
