@@ -55,6 +55,7 @@ dependency for no gain here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -240,19 +241,53 @@ def _eager_attention(tower: Any) -> Iterator[str | None]:
     implementation (``sdpa`` by default) restored afterwards; yields the one traced (None: not
     a transformers model). Why: the ``sdpa`` trace builds a float mask in every layer and adds
     an ``IsNaN``/``Where`` pass over the ``(B, heads, T, T)`` probabilities; the ``eager`` trace
-    is MatMul, scale, mask, Softmax, MatMul (see the module docstring for the speed)."""
+    is MatMul, scale, mask, Softmax, MatMul (see the module docstring for the speed).
+
+    transformers 5 switches a loaded model in place (``set_attn_implementation``); transformers
+    4 models (BERT among them) pick their attention classes when built and only log that they
+    cannot switch, so the tower traces an eager copy built from the same config and weights."""
     model = getattr(tower, "model", None) if tower.kind == "text" else None
     config = getattr(model, "config", None)
     before = getattr(config, "_attn_implementation", None)
-    if model is None or before in (None, "eager") or \
-            not callable(getattr(model, "set_attn_implementation", None)):
+    if model is None or before in (None, "eager"):
         yield before
         return
-    model.set_attn_implementation("eager")  # a model that cannot switch keeps its own
+    if callable(getattr(model, "set_attn_implementation", None)):
+        with _quiet_transformers():  # transformers 4: "does not support setting ... dynamically"
+            model.set_attn_implementation("eager")
+        if getattr(config, "_attn_implementation", before) == "eager":
+            try:
+                yield "eager"
+            finally:
+                model.set_attn_implementation(before)
+            return
+    tower.model = _eager_copy(model)
     try:
-        yield getattr(config, "_attn_implementation", before)
+        yield "eager"
     finally:
-        model.set_attn_implementation(before)
+        tower.model = model
+
+
+def _eager_copy(model: Any) -> nn.Module:
+    """``model`` (a transformers model) built again from its config with ``eager`` attention,
+    with its weights, in eval mode."""
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "eager"
+    eager = type(model)(config)
+    eager.load_state_dict(model.state_dict())
+    return eager.to(next(model.parameters()).device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _graph_of(tower: Any) -> tuple[nn.Module, tuple[Tensor, ...], list[str],
