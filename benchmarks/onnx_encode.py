@@ -230,14 +230,8 @@ def ours_variants(wanted: set[str], work: Path, batch_size: int, threads: int, s
 
             path = folder / ("onnx/model_qint8.onnx" if name.endswith("int8") else
                              "onnx/model.onnx")
-            options = session_options(threads, spin)
-            model.session = ort.InferenceSession(str(path), options,
+            model.session = ort.InferenceSession(str(path), session_options(threads, spin),
                                                  providers=["CPUExecutionProvider"])
-            if model.unpadded is not None:  # and its graph for batches without padding
-                from contralign.encoders.onnx_tower import unpadded_graph
-
-                model.unpadded = ort.InferenceSession(unpadded_graph(path), options,
-                                                      providers=["CPUExecutionProvider"])
         out[name] = onnx_encoder(model, batch_size)
     return out
 

@@ -27,18 +27,12 @@ from contralign.cli.app import app  # noqa: E402
 from contralign.encoders.loading import load_model, load_tower  # noqa: E402
 from contralign.encoders.onnx_export import (  # noqa: E402
     FP32_FILE,
-    INT8_FILE,
     check_images,
     cosines,
     export_onnx,
     fp32_tolerance,
 )
-from contralign.encoders.onnx_tower import (  # noqa: E402
-    MAX_BATCH_TOKENS,
-    OnnxTower,
-    _spans,
-    unpadded_graph,
-)
+from contralign.encoders.onnx_tower import MAX_BATCH_TOKENS, OnnxTower, _spans  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -114,51 +108,6 @@ def test_batches_are_sorted_trimmed_and_back_in_input_order(
     assert np.abs(together - alone).max() <= 1e-5
     np.testing.assert_array_equal(together[0], together[4])
     assert np.abs(together[0] - together[1]).max() > 0.01
-
-
-class _Counted:
-    """An onnxruntime session that records its name in ``calls`` at each run."""
-
-    def __init__(self, session: Any, name: str, calls: list[str]) -> None:
-        self.session, self.name, self.calls = session, name, calls
-
-    def run(self, *args: Any) -> Any:
-        self.calls.append(self.name)
-        return self.session.run(*args)
-
-
-@pytest.mark.parametrize("int8", [False, True])
-def test_unpadded_batches_run_the_graph_without_the_mask(
-        exported: dict[str, tuple[Any, Path]], int8: bool) -> None:
-    """The derived graph feeds each of MiniLM's 6 Softmax nodes its scores, not scores + mask;
-    a batch without padding runs it, with the masked graph's embeddings; a padded batch runs
-    the masked graph."""
-    import onnx
-
-    _, folder = exported["text"]
-    derived = onnx.load_from_string(unpadded_graph(folder / (INT8_FILE if int8 else FP32_FILE)))
-    made_by = {out: node.op_type for node in derived.graph.node for out in node.output}
-    softmax = [node for node in derived.graph.node if node.op_type == "Softmax"]
-    assert len(softmax) == 6 and all(made_by[node.input[0]] != "Add" for node in softmax)
-
-    tower = OnnxTower.load(folder, int8=int8)
-    calls: list[str] = []
-    masked = tower.session
-    tower.session = _Counted(masked, "masked", calls)
-    tower.unpadded = _Counted(tower.unpadded, "unpadded", calls)
-    same_length = tower.preprocess(["five words in a row", "five words in a line"])
-    assert bool(same_length["attention_mask"].all())
-    got = tower(same_length).numpy()
-    feed = {name: same_length[name].numpy() for name in tower.inputs}
-    np.testing.assert_allclose(got, masked.run(None, feed)[0], rtol=0, atol=1e-6)
-    tower(tower.preprocess(["short", "a longer text than the first one"]))
-    assert calls == ["unpadded", "masked"]
-
-
-def test_a_static_tower_has_no_unpadded_graph(exported: dict[str, tuple[Any, Path]]) -> None:
-    _, folder = exported["static"]
-    assert OnnxTower.load(folder).unpadded is None
-    assert unpadded_graph(folder / FP32_FILE) is None  # no attention: nothing to drop
 
 
 def test_text_batches_hold_at_most_the_token_budget() -> None:

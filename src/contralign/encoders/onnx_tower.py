@@ -41,8 +41,6 @@ PROGRESS_THRESHOLD = 1000
 # alone: texts/s at 4 / 8 / 32 rows of 256 tokens: fp32 49.4 / 49.0 / 44.5, int8 94.0 / 88.5 /
 # 84.0; short sentences (STS-B, <= 64 tokens) keep their 32 rows.
 MAX_BATCH_TOKENS = 1024
-# Graph inputs of a text graph: token ids (the scores depend on them) and the padding mask.
-_IDS, _MASK = "input_ids", "attention_mask"
 
 
 def export_hint(folder: Path | str) -> str:
@@ -59,20 +57,16 @@ class OnnxTower(nn.Module):
         kind: the tower kind (``text``, ``static``, ``image``).
         preprocessor: the torch tower's preprocessing object for this folder.
         fingerprint: see the module docstring.
-        unpadded: a second session of the same graph without the attention's padding mask,
-            run on batches without padding (see ``unpadded_graph``); None: every batch goes
-            through ``session``.
         tokenizer: a text or static tower's tokenizer (token counts, lengths).
         config: a text tower's ``TextEncoderConfig`` (prompts, maximum length).
         precision: ``fp32`` or ``int8``.
     """
 
     def __init__(self, session: Any, entry: dict[str, Any], *, kind: str, preprocessor: Any,
-                 fingerprint: str, unpadded: Any = None, tokenizer: Any = None,
-                 config: Any = None, precision: Precision = "fp32") -> None:
+                 fingerprint: str, tokenizer: Any = None, config: Any = None,
+                 precision: Precision = "fp32") -> None:
         super().__init__()
         self.session = session
-        self.unpadded = unpadded
         self.kind = kind
         self.modality: Modality = "image" if kind == "image" else "text"
         self.preprocessor = preprocessor
@@ -111,11 +105,9 @@ class OnnxTower(nn.Module):
         fingerprint = source if precision == "fp32" else f"{source}-int8-{digest[:12]}"
         kind = str(manifest["tower"])
         preprocessor, tokenizer, config = _preprocessing(folder, kind, manifest, entry)
-        session = _session(path, threads)
-        unpadded = _unpadded_session(path, session, threads) if kind == "text" else None
-        return cls(session, entry, kind=kind, preprocessor=preprocessor,
-                   fingerprint=fingerprint, unpadded=unpadded, tokenizer=tokenizer,
-                   config=config, precision=precision)
+        return cls(_session(path, threads), entry, kind=kind, preprocessor=preprocessor,
+                   fingerprint=fingerprint, tokenizer=tokenizer, config=config,
+                   precision=precision)
 
     # --- Tower protocol -------------------------------------------------------------------
 
@@ -125,16 +117,11 @@ class OnnxTower(nn.Module):
         return self.preprocessor(items)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """``(B, D)``: a preprocessed batch through the graph (right padding trimmed first; a
-        batch without padding through the graph without the attention mask, when there is
-        one)."""
-        session = self.session
-        if _MASK in batch:
+        """``(B, D)``: a preprocessed batch through the graph (right padding trimmed first)."""
+        if "attention_mask" in batch:
             batch = trim_padding(batch)
-            if self.unpadded is not None and bool(batch[_MASK].all()):
-                session = self.unpadded
         feed = {name: batch[name].cpu().numpy() for name in self.inputs}
-        return torch.from_numpy(session.run(None, feed)[0])
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
     def features(self, batch: dict[str, Tensor]) -> Tensor:
         """Not available: the graph runs the whole tower at once.
@@ -254,8 +241,8 @@ def _checked_file(folder: Path, entry: dict[str, Any], precision: Precision) -> 
     return path, digest
 
 
-def _session(graph: Path | bytes, threads: int | None) -> Any:
-    """An onnxruntime CPU session of a graph file (or its bytes) with every graph optimisation.
+def _session(path: Path, threads: int | None) -> Any:
+    """An onnxruntime CPU session with every graph optimisation.
 
     Raises:
         ContralignError: onnxruntime is not installed.
@@ -270,92 +257,7 @@ def _session(graph: Path | bytes, threads: int | None) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    source = graph if isinstance(graph, bytes) else str(graph)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _unpadded_session(path: Path, session: Any, threads: int | None) -> Any:
-    """A session of ``unpadded_graph(path)``, or None where the graph has no padding mask to
-    drop or the two graphs disagree on a batch without padding (then every batch takes the
-    masked graph: the mask-free one is only ever a faster way to the same numbers)."""
-    graph = unpadded_graph(path)
-    if graph is None:
-        return None
-    unpadded = _session(graph, threads)
-    names = [str(i.name) for i in session.get_inputs()]
-    ids = np.arange(1, 19, dtype=np.int64).reshape(2, 9)  # 2 rows of 9 tokens, no padding
-    feed = {name: ids if name == _IDS else
-            np.ones_like(ids) if name == _MASK else np.zeros_like(ids) for name in names}
-    same = np.allclose(session.run(None, feed)[0], unpadded.run(None, feed)[0],
-                       rtol=1e-5, atol=1e-6)
-    return unpadded if same else None
-
-
-def unpadded_graph(path: Path) -> bytes | None:
-    """The text graph in ``path`` without its attention's padding mask, serialised; None when
-    it has none (or no ``input_ids`` / ``attention_mask`` inputs).
-
-    In a traced transformer each attention layer computes ``Softmax(Add(scores, bias))``, the
-    bias ``(B, 1, T, T)`` or ``(B, 1, 1, T)`` made from the mask: 0 where a token is attended,
-    a large negative number at padding. In a batch without padding the bias is all zeros: the
-    Add changes nothing but costs a pass over the ``(B, heads, T, T)`` scores. This graph feeds
-    each such Softmax its scores directly and drops what only made the bias (mean pooling still
-    reads the mask). Measured on all-MiniLM-L6-v2's int8 graph, 64 abstracts of 256 tokens in
-    rows of 4, 2 threads, median of 11: 0.950 -> 0.863 s; outputs identical.
-
-    An Add is taken for the mask's when one of its inputs depends on ``attention_mask`` and not
-    on ``input_ids`` and the other on ``input_ids`` (a dependence through ``Shape`` alone does
-    not count: shapes are not values).
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    if {_IDS, _MASK} - {str(i.name) for i in graph.input}:
-        return None
-    producer = {out: node for node in graph.node for out in node.output}
-    dropped = 0
-    for node in graph.node:
-        add = producer.get(node.input[0]) if node.op_type == "Softmax" else None
-        if add is None or add.op_type != "Add":
-            continue
-        for scores, bias in (add.input, reversed(add.input)):
-            bias_from, scores_from = _sources(bias, producer), _sources(scores, producer)
-            if _MASK in bias_from and _IDS not in bias_from and _IDS in scores_from:
-                node.input[0] = scores
-                dropped += 1
-                break
-    if not dropped:
-        return None
-    _drop_unused(graph)
-    return bytes(model.SerializeToString())
-
-
-def _sources(name: str, producer: dict[str, Any]) -> set[str]:
-    """The graph inputs and initializers ``name`` is computed from, not counting ``Shape``."""
-    found, seen, stack = set(), set(), [name]
-    while stack:
-        current = stack.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        node = producer.get(current)
-        if node is None:
-            found.add(current)
-        elif node.op_type != "Shape":
-            stack.extend(i for i in node.input if i)
-    return found
-
-
-def _drop_unused(graph: Any) -> None:
-    """Remove the nodes none of whose outputs is used, until none is left."""
-    while True:
-        used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
-        dead = [node for node in graph.node if not used.intersection(node.output)]
-        if not dead:
-            return
-        for node in dead:
-            graph.node.remove(node)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _preprocessing(folder: Path, kind: str, manifest: dict[str, Any], entry: dict[str, Any]
