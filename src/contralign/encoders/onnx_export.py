@@ -270,12 +270,13 @@ def _eager_attention(tower: Any) -> Iterator[str | None]:
 
 def _eager_copy(model: Any) -> nn.Module:
     """``model`` (a transformers model) built again from its config with ``eager`` attention,
-    with its weights, in eval mode."""
+    with its weights, device and dtype, in eval mode."""
     config = copy.deepcopy(model.config)
     config._attn_implementation = "eager"
     eager = type(model)(config)
     eager.load_state_dict(model.state_dict())
-    return eager.to(next(model.parameters()).device).eval()
+    weight = next(model.parameters())
+    return eager.to(device=weight.device, dtype=weight.dtype).eval()
 
 
 @contextlib.contextmanager
