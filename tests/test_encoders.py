@@ -34,6 +34,50 @@ def test_pooling_against_loops():
         pool(tokens, mask, "sum")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("type_ids", [True, False], ids=["with-type-ids", "without"])
+def test_pad_equals_the_tokenizer_on_those_texts(shared_data, side, type_ids):
+    """``pad(tokenize(texts), rows)`` (each text tokenized once, batches padded from the ids)
+    is exactly the batch the preprocessor gives for those texts, on real sentences of STS-B
+    with a prompt, both padding sides, and a tokenizer without token type ids."""
+    import csv
+
+    from transformers import AutoTokenizer
+
+    from contralign.encoders.text import TextPreprocessor
+
+    with open(shared_data / "sts" / "stsb-en-dev.tsv", newline="", encoding="utf-8") as f:
+        texts = [r["sentence1"] for r in list(csv.DictReader(f, delimiter="\t"))[:96]]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL), padding_side=side)
+    if not type_ids:
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    preprocessor = TextPreprocessor(tokenizer, max_length=24, prompt="query: ")
+    tokens = preprocessor.tokenize(texts)
+    assert ("token_type_ids" in tokens) == type_ids
+    for rows in (np.arange(32), np.argsort([-len(t) for t in texts])[40:72], [5]):
+        ours = preprocessor.pad(tokens, rows)
+        theirs = preprocessor([texts[i] for i in rows])
+        assert ours.keys() == theirs.keys()
+        for name, value in theirs.items():
+            assert ours[name].dtype == value.dtype and torch.equal(ours[name], value), name
+
+
+def test_pad_without_a_pad_token_fails_as_the_tokenizer_does():
+    from transformers import AutoTokenizer
+
+    from contralign.encoders.text import TextPreprocessor
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+    tokenizer.pad_token = None
+    preprocessor = TextPreprocessor(tokenizer, max_length=16)
+    texts = ["a short one", "a somewhat longer sentence"]
+    with pytest.raises(ValueError, match="padding token") as theirs:
+        preprocessor(texts)
+    with pytest.raises(ValueError, match="padding token") as ours:
+        preprocessor.pad(preprocessor.tokenize(texts), [0, 1])
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_encode_keeps_input_order_and_float32(tiny_model_dir):
     encoder = TextEncoder.from_pretrained(str(tiny_model_dir))
     together = encoder.encode(TEXTS, batch_size=2)

@@ -172,7 +172,7 @@ class OnnxTower(nn.Module):
                show_progress: bool | None = None, prompt_name: str | None = None) -> np.ndarray:
         """Embed items as a float32 array ``(N, D)`` in input order.
 
-        Texts are tokenized once for their lengths, sorted longest first and batched, each batch
+        Texts are tokenized once, sorted longest first and batched, each batch
         padded to its own longest row (as ``TextEncoder.encode``) and a text batch also cut to
         at most ``MAX_BATCH_TOKENS`` padded tokens; images go in input order.
 
@@ -199,8 +199,8 @@ class OnnxTower(nn.Module):
                  ) -> tuple[np.ndarray, np.ndarray | None,
                             Callable[[np.ndarray], dict[str, Tensor]]]:
         """The row order (texts longest first, ties in input order; images as given), a text
-        tower's token counts ``(N,)`` (None otherwise) and the batch of given rows. A static
-        tower's texts are tokenized once: its tokenizer is most of its cost."""
+        tower's token counts ``(N,)`` (None otherwise) and the batch of given rows. Texts are
+        tokenized once (a static tower's tokenizer is most of its cost)."""
         if self.kind == "image":
             return (np.arange(len(items)), None,
                     lambda rows: preprocessor([items[i] for i in rows]))
@@ -208,11 +208,10 @@ class OnnxTower(nn.Module):
             ids = [e.ids for e in tokenize(self.tokenizer, items)]
             order = np.argsort([-len(row) for row in ids], kind="stable")
             return order, None, lambda rows: pad_ids([ids[i] for i in rows])
-        lengths = np.array([len(row) for row in self.tokenizer(
-            preprocessor.prompted(items), truncation=True, max_length=self.config.max_length,
-            add_special_tokens=True)["input_ids"]])
+        tokens = preprocessor.tokenize(items)
+        lengths = np.array([len(row) for row in tokens["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
-        return order, lengths, lambda rows: preprocessor([items[i] for i in rows])
+        return order, lengths, lambda rows: preprocessor.pad(tokens, rows)
 
 
 # --- loading ----------------------------------------------------------------------------------

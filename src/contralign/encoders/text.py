@@ -53,6 +53,39 @@ class TextPreprocessor:
         """The texts with the prompt in front (sentence-transformers' ``prompt + text``)."""
         return [self.prompt + text for text in texts] if self.prompt else list(texts)
 
+    def tokenize(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        """Each text's model inputs, prompt in front, truncated, not padded: ``encode`` sorts
+        texts by these lengths and ``pad`` batches them, so each text is tokenized once."""
+        return dict(self.tokenizer(self.prompted(texts), truncation=True,
+                                   max_length=self.max_length))
+
+    def pad(self, tokens: dict[str, list[list[int]]], rows: Sequence[int] | np.ndarray
+            ) -> dict[str, Tensor]:
+        """``rows`` of ``tokenize``'s output as a batch ``(B, T)``, padded to its longest row:
+        what calling the preprocessor on those texts gives (the tokenizer's pad token, pad token
+        type and padding side; mask 0 on padding), without tokenizing them again."""
+        fills = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
+                 "token_type_ids": self.tokenizer.pad_token_type_id}
+        picked = {name: [values[i] for i in rows] for name, values in tokens.items()}
+        if set(picked) - set(fills) or fills["input_ids"] is None:
+            # inputs this padder does not know, or no pad token: the tokenizer's own (slower) pad
+            return dict(self.tokenizer.pad(picked, return_tensors="pt"))
+        width = max((len(row) for row in picked["input_ids"]), default=0)
+        left = self.tokenizer.padding_side == "left"
+        return {name: torch.from_numpy(_padded(values, width, fills[name], left))
+                for name, values in picked.items()}
+
+
+def _padded(rows: list[list[int]], width: int, fill: int, left: bool) -> np.ndarray:
+    """Rows of ids as one ``(B, width)`` int64 array, ``fill`` on the padding side."""
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    for i, row in enumerate(rows):
+        if left:
+            out[i, width - len(row):] = row
+        else:
+            out[i, :len(row)] = row
+    return out
+
 
 class TextEncoder(nn.Module):
     """A text tower: tokenizer + transformers model + pooling (+ head) (+ L2 normalisation).
@@ -232,16 +265,14 @@ class TextEncoder(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        lengths = [len(ids) for ids in self.tokenizer(
-            preprocessor.prompted(texts), truncation=True, max_length=self.config.max_length,
-            add_special_tokens=True)["input_ids"]]
-        order = np.argsort([-n for n in lengths], kind="stable")
+        tokens = preprocessor.tokenize(texts)
+        order = np.argsort([-len(ids) for ids in tokens["input_ids"]], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         show = len(texts) > PROGRESS_THRESHOLD if show_progress is None else show_progress
         starts = range(0, len(texts), batch_size)
         for start in _progress(starts, show, "Encoding"):
             idx = order[start : start + batch_size]
-            batch = {k: v.to(device) for k, v in preprocessor([texts[i] for i in idx]).items()}
+            batch = {k: v.to(device) for k, v in preprocessor.pad(tokens, idx).items()}
             out[idx] = self(batch).float().cpu().numpy()
         self.train(was_training)
         return out
