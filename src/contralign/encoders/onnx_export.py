@@ -158,9 +158,11 @@ def write_onnx(tower: Any, folder: Path, *, int8: bool) -> dict[str, Any]:
                               opset_version=OPSET, dynamo=False)
     finally:
         tower.train(was_training)
+    folded = _fold_attention_mask(folder / FP32_FILE) if tower.kind == "text" else 0
     entry = _entry(tower, folder, names)
     if attention is not None:
         entry["attention"] = attention  # the implementation the graph was traced with
+        entry["mask_folded_layers"] = folded  # onnx_attention.fold_key_mask
     entry["export_seconds"] = round(time.perf_counter() - started, 2)
     _write_entry(folder, entry)
     entry["fp32_max_abs_diff"] = _check_fp32(tower, folder)
@@ -175,6 +177,19 @@ def write_onnx(tower: Any, folder: Path, *, int8: bool) -> dict[str, Any]:
         entry["int8_min_cosine"] = _int8_cosine(tower, folder)
     _write_entry(folder, entry)
     return entry
+
+
+def _fold_attention_mask(path: Path) -> int:
+    """``onnx_attention.fold_key_mask`` on the graph file; the number of layers folded."""
+    import onnx
+
+    from contralign.encoders.onnx_attention import fold_key_mask
+
+    model = onnx.load(str(path))
+    folded = fold_key_mask(model)
+    if folded:
+        onnx.save(model, str(path))
+    return folded
 
 
 def _require_onnx() -> None:
