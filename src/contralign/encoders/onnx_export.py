@@ -42,7 +42,9 @@ the two run at the same speed (0.99x and 1.02x, median of 5). onnxruntime's tran
 operator (6 of 6 layers; the sdpa graph: none), but the fused graph was slower than the eager one
 (one thread: -12 % fp32 and -17 % int8 on the STS-B sentences, -2 % and -6 % on the abstracts;
 its CPU kernel projects Q, K and V head by head, small products for short texts), so the export
-writes the eager graph unfused and leaves fusion to onnxruntime's own session optimisations.
+writes the eager graph unfused and leaves fusion to onnxruntime's own session optimisations,
+after one rewrite of its own: the key padding mask folded into ``Q K^T``
+(``onnx_attention.fold_key_mask``, recorded as ``"mask_folded_layers"``).
 
 **Exporter.** torch's TorchScript exporter (``dynamo=False``). Measured on all-MiniLM-L6-v2
 (torch 2.13, onnxruntime 1.32, one thread, 256 sentences): it exports in 2 s against 9.5 s for
