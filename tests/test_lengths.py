@@ -3,11 +3,12 @@ positions; the grouping covers every row once and respects its budget."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from contralign import TextEncoder
-from contralign.encoders.lengths import length_groups, take_rows, trim_padding
+from contralign.encoders.lengths import length_groups, pad_rows, take_rows, trim_padding
 from contralign.training.build import set_length_groups
 
 TEXTS = ["a", "a much longer sentence about nothing in particular that goes on and on",
@@ -104,3 +105,17 @@ def test_trim_padding_drops_only_unused_columns():
     assert trimmed["input_ids"].tolist() == [[0, 1], [4, 5]]
     full = {"input_ids": torch.ones(2, 2), "attention_mask": torch.ones(2, 2, dtype=torch.long)}
     assert trim_padding(full) is full
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+def test_pad_rows_against_a_loop(left: bool) -> None:
+    rows = [[5, 6, 7], [], [8], [9, 10, 11, 12]]
+    expected = np.full((4, 5), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        if row:
+            if left:
+                expected[i, 5 - len(row):] = row
+            else:
+                expected[i, :len(row)] = row
+    got = pad_rows(rows, 5, -1, left=left)
+    assert got.dtype == np.int64 and np.array_equal(got, expected)

@@ -23,9 +23,9 @@ TEXTS = ["a cat", "", "the quick brown fox jumps over the lazy dog again and aga
 
 
 def _session(model: Any) -> Any:
-    import onnxruntime as ort
+    from contralign.encoders.onnx_tower import ort_session
 
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort_session(model.SerializeToString())
 
 
 def _bert_graph(tmp_path: Path, tiny_model_dir: Path, *, causal: bool) -> Any:
@@ -95,3 +95,18 @@ def test_a_graph_that_is_not_the_pattern_is_left_alone() -> None:
     model = helper.make_model(graph)
     before = model.SerializeToString()
     assert fold_key_mask(model) == 0 and model.SerializeToString() == before
+
+
+def test_a_graph_with_external_weights_is_left_unfolded(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Weights beside the graph (how a model over 2 GB is saved) cannot be rewritten as one
+    message: the export leaves such a graph as traced."""
+    from contralign.encoders.onnx_export import _fold_attention_mask
+
+    path = tmp_path / "external" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(_bert_graph(tmp_path, tiny_model_dir, causal=False), str(path),
+              save_as_external_data=True, size_threshold=0)
+    before = path.read_bytes()
+    assert _fold_attention_mask(path) == 0 and path.read_bytes() == before
+    assert _fold_attention_mask(tmp_path / "bert.onnx") == 2  # the same graph, self-contained

@@ -10,6 +10,9 @@ Only the random draws differ: dropout masks are drawn for the trimmed shapes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from torch import Tensor
 
 # Below this share of the padded positions saved, one forward pass is kept (no extra calls).
@@ -64,3 +67,17 @@ def trim_padding(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     if width >= mask.shape[1]:
         return batch
     return take_rows(batch, slice(None), width)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], width: int, fill: int, left: bool = False
+             ) -> np.ndarray:
+    """Rows of ints (token ids, type ids, mask values) as one ``(B, width)`` int64 array, each row
+    at the right end when ``left`` (padding on the left) and at the left end otherwise, ``fill``
+    on the padding."""
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))  # (B,)
+    columns = np.arange(width)[None, :]
+    filled = columns >= width - lengths[:, None] if left else columns < lengths[:, None]
+    out = np.full(filled.shape, fill, dtype=np.int64)
+    out[filled] = np.fromiter((t for row in rows for t in row), dtype=np.int64,
+                              count=int(lengths.sum()))  # row-major fill = row by row
+    return out

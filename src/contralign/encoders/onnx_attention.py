@@ -124,8 +124,9 @@ def _is_key_padding_mask(model: Any, layer: _Layer) -> bool:
     """Run the graph on a probe batch (lengths 6, 4 and 1 of 6) and check ``M`` and the shapes
     of ``Q`` ``(B, H, 6, d)`` and ``K^T`` ``(B, H, d, 6)``."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from contralign.encoders.onnx_tower import ort_session
 
     inputs = [i.name for i in model.graph.input]
     if not {"input_ids", "attention_mask"} <= set(inputs) <= {"input_ids", "attention_mask",
@@ -136,10 +137,7 @@ def _is_key_padding_mask(model: Any, layer: _Layer) -> bool:
     query, keys = layer.matmul.input
     for name in (layer.mask, query, keys):
         probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort_session(probe.SerializeToString())
     lengths = np.array([6, 4, 1])
     valid = np.arange(6)[None, :] < lengths[:, None]  # (3, 6)
     feed = {"input_ids": np.where(valid, 1000 + np.arange(6), 0).astype(np.int64),

@@ -182,12 +182,16 @@ def write_onnx(tower: Any, folder: Path, *, int8: bool) -> dict[str, Any]:
 
 
 def _fold_attention_mask(path: Path) -> int:
-    """``onnx_attention.fold_key_mask`` on the graph file; the number of layers folded."""
+    """``onnx_attention.fold_key_mask`` on the graph file; the number of layers folded. A graph
+    whose weights lie beside it (external data: a model over protobuf's 2 GB, which cannot be
+    rewritten as one message) is left unfolded."""
     import onnx
 
     from contralign.encoders.onnx_attention import fold_key_mask
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        return 0
     folded = fold_key_mask(model)
     if folded:
         onnx.save(model, str(path))

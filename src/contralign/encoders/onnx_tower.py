@@ -105,7 +105,7 @@ class OnnxTower(nn.Module):
         fingerprint = source if precision == "fp32" else f"{source}-int8-{digest[:12]}"
         kind = str(manifest["tower"])
         preprocessor, tokenizer, config = _preprocessing(folder, kind, manifest, entry)
-        return cls(_session(path, threads), entry, kind=kind, preprocessor=preprocessor,
+        return cls(ort_session(path, threads), entry, kind=kind, preprocessor=preprocessor,
                    fingerprint=fingerprint, tokenizer=tokenizer, config=config,
                    precision=precision)
 
@@ -240,8 +240,9 @@ def _checked_file(folder: Path, entry: dict[str, Any], precision: Precision) -> 
     return path, digest
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    """An onnxruntime CPU session with every graph optimisation.
+def ort_session(graph: Path | bytes, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of a graph file (or serialised graph) with every graph
+    optimisation, on ``threads`` intra-op threads (None: as many as torch uses).
 
     Raises:
         ContralignError: onnxruntime is not installed.
@@ -256,7 +257,8 @@ def _session(path: Path, threads: int | None) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = graph if isinstance(graph, bytes) else str(graph)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _preprocessing(folder: Path, kind: str, manifest: dict[str, Any], entry: dict[str, Any]

@@ -53,6 +53,7 @@ from contralign.encoders.folder import (
     weights_fingerprint,
     write_json,
 )
+from contralign.encoders.lengths import pad_rows
 from contralign.encoders.pooling import project
 from contralign.encoders.resolve import resolve_model
 
@@ -467,10 +468,7 @@ def pad_ids(ids: list[list[int]]) -> dict[str, Tensor]:
     lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))  # (B,)
     width = max(int(lengths.max(initial=0)), 1)
     mask = np.arange(width)[None, :] < lengths[:, None]  # (B, T)
-    input_ids = np.zeros(mask.shape, dtype=np.int64)
-    input_ids[mask] = np.fromiter((t for row in ids for t in row), dtype=np.int64,
-                                  count=int(lengths.sum()))  # row-major fill = row by row
-    return {"input_ids": torch.from_numpy(input_ids),
+    return {"input_ids": torch.from_numpy(pad_rows(ids, width, 0)),
             "attention_mask": torch.from_numpy(mask.astype(np.int64))}
 
 

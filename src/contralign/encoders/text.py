@@ -27,7 +27,7 @@ from contralign.encoders.folder import (
     write_contralign_file,
     write_st_layout,
 )
-from contralign.encoders.lengths import length_groups, take_rows, trim_padding
+from contralign.encoders.lengths import length_groups, pad_rows, take_rows, trim_padding
 from contralign.encoders.pooling import pool, project
 from contralign.encoders.resolve import DEFAULT_MODEL, not_found_message, resolve_model
 
@@ -72,19 +72,8 @@ class TextPreprocessor:
             return dict(self.tokenizer.pad(picked, return_tensors="pt"))
         width = max((len(row) for row in picked["input_ids"]), default=0)
         left = self.tokenizer.padding_side == "left"
-        return {name: torch.from_numpy(_padded(values, width, fills[name], left))
+        return {name: torch.from_numpy(pad_rows(values, width, fills[name], left))
                 for name, values in picked.items()}
-
-
-def _padded(rows: list[list[int]], width: int, fill: int, left: bool) -> np.ndarray:
-    """Rows of ids as one ``(B, width)`` int64 array, ``fill`` on the padding side."""
-    out = np.full((len(rows), width), fill, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if left:
-            out[i, width - len(row):] = row
-        else:
-            out[i, :len(row)] = row
-    return out
 
 
 class TextEncoder(nn.Module):
