@@ -275,6 +275,22 @@ def test_every_item_form_gives_the_same_pixels(tmp_path: Path) -> None:
                        ImagePreprocessor(48)([np.stack([grey] * 3, axis=2)])["pixel_values"])
 
 
+def test_arrays_already_at_the_side_skip_pillow_and_give_its_pixels(tmp_path: Path) -> None:
+    # Fashion-MNIST's 28-px rows at a 28-px tower: taken as they are, as Pillow's identity resize
+    # would give them (a Pillow image of the same pixels still goes through Pillow).
+    rng = np.random.default_rng(1)
+    colour = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    grey = np.broadcast_to(rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), (28, 28, 3))
+    prep = ImagePreprocessor(28)
+    for array in (colour, grey):
+        through_pillow = prep([Image.fromarray(np.ascontiguousarray(array))])["pixel_values"]
+        for item in (array, ImageItem.from_array(array, tmp_path / "a.npz", 0)):
+            assert torch.equal(prep([item])["pixel_values"], through_pillow)
+    smaller = ImagePreprocessor(20)  # another side: resized by Pillow as before
+    assert torch.equal(smaller([colour])["pixel_values"],
+                       smaller([Image.fromarray(colour)])["pixel_values"])
+
+
 def test_preprocessor_pickles_and_runs_in_a_dataloader_worker(tmp_path: Path) -> None:
     prep = ImageTower.from_pretrained(image_size=SMALL).preprocessor
     copy = pickle.loads(pickle.dumps(prep))

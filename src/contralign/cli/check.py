@@ -20,12 +20,15 @@ def check_command(
     data: str | None = typer.Option(None, "--data", help="Training data file (sets data.path)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.batch_size=16"),
     steps: int = typer.Option(3, "--steps", help="Optimiser steps along each path."),
-    paths: str = typer.Option("cached,tiled,distributed", "--paths",
-                              help="Paths to compare with the plain one, comma-separated."),
+    paths: str | None = typer.Option(
+        None, "--paths", help="Paths to compare with the plain one, comma-separated: cached, "
+        "tiled, distributed, compiled (default: the first three, and compiled when the config "
+        "sets train.compile)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run a few steps of CONFIG along the plain path (one process, whole batch) and along the
-    gradient cache, the tiled loss and two gloo processes, from the same weights on the same
+    gradient cache, the tiled loss and two gloo processes (and torch.compile, when the config
+    sets train.compile), from the same weights on the same
     batches, with dropout off, in float32 on the CPU; report the largest relative difference
     of each from the plain path in loss, first-step gradient and parameter updates. Exit code
     1 when a path differs by more than the tolerance. Writes nothing into output_dir."""
@@ -38,7 +41,8 @@ def check_command(
     if data is not None:
         overrides.append(f"data.path={data}")
     train_config = load_config(TrainConfig, find_config(config), overrides)
-    chosen = [name.strip() for name in paths.split(",") if name.strip()]
+    chosen = None if paths is None else [name.strip() for name in paths.split(",")
+                                         if name.strip()]
     report = check(train_config, steps=steps, paths=chosen)
     if as_json:
         print_json(report.to_json())

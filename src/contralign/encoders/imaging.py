@@ -102,6 +102,10 @@ def square_rgb(item: Any, size: int, position: int = 0) -> np.ndarray:
     """
     from PIL import Image
 
+    array = item.array if isinstance(item, ImageItem) else item
+    if isinstance(array, np.ndarray) and array.dtype == np.uint8 \
+            and array.shape == (size, size, 3):
+        return array  # already square RGB of that side: Pillow's resize would copy it
     image = decode(item, position)
     width, height = image.size
     side = min(width, height)

@@ -99,6 +99,26 @@ def _check_teacher_width(dims: Mapping[str, int], teacher: str, student: str) ->
                           f"projection_dim: {dims[teacher]} on the student")
 
 
+def check_compiler(config: TrainConfig, device: torch.device) -> None:
+    """``train.compile`` on a CPU needs a C++ compiler (inductor builds its kernels with one):
+    refuse before anything is written, naming the key, rather than fail at the first step.
+
+    Raises:
+        ConfigError: ``train.compile`` is on, the device is a CPU and no compiler is found.
+    """
+    if not config.train.compile or device.type != "cpu":
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()  # $CXX, else g++ (torch's own search)
+    except InvalidCxxCompiler:
+        raise ConfigError("train.compile: torch.compile on a CPU builds C++ kernels and no C++ "
+                          "compiler was found (install g++ or set CXX); or set train.compile: "
+                          "false") from None
+
+
 def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> ContrastiveTask:
     """The task ``fit`` trains: ``model`` (a one-tower config's tower, or the model of
     ``build_model``), its text towers in length groups as ``train.tokens_per_group`` says for
@@ -115,7 +135,8 @@ def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> Contrastiv
                            precision=config.train.precision,
                            mask_duplicates=config.objective.mask_duplicates,
                            split=info.split_for(config.objective.params),
-                           bn_splits=config.objective.bn_splits)
+                           bn_splits=config.objective.bn_splits,
+                           compile=config.train.compile)
 
 
 # What an objective reads (``ObjectiveInfo.requires``) -> where a run gets it from.

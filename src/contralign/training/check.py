@@ -6,7 +6,9 @@ A few optimiser steps of a training config, from the same weights on the same ba
 * ``cached``: the gradient cache (``training.cached``) in chunks smaller than the batch;
 * ``tiled``: the objective's tiled loss (``objectives.tiled``), where the objective has one;
 * ``distributed``: two gloo processes launched by ``torchrun``, each embedding half of every
-  batch (``training.distributed``); this module's ``main`` is their worker.
+  batch (``training.distributed``); this module's ``main`` is their worker;
+* ``compiled``: the plain path with the towers under ``torch.compile`` (``train.compile``);
+  checked by default only when the config turns it on (compiling takes a minute).
 
 Each path is compared with ``plain`` on the loss of every step, the gradient of the first step
 (before clipping: AdamW divides a gradient by its own scale, so a gradient off by a constant
@@ -42,7 +44,12 @@ from contralign.core.errors import ConfigError
 from contralign.data import PairBatcher, Record, load_records
 from contralign.objectives import OBJECTIVES
 from contralign.training.batches import collator_for
-from contralign.training.build import batchnorm_towers, build_model, build_task
+from contralign.training.build import (
+    batchnorm_towers,
+    build_model,
+    build_task,
+    check_compiler,
+)
 from contralign.training.config import ObjectiveConfig, TrainConfig
 from contralign.training.distributed import (
     destroy_process_group,
@@ -58,8 +65,9 @@ from contralign.training.loop import (
 from contralign.training.optim import build_optimizer, build_scheduler
 from contralign.training.task import ContrastiveTask
 
-PATHS = ("cached", "tiled", "distributed")
-SETTINGS = {"cached": "chunks of {}", "tiled": "tiles of {}", "distributed": "{} processes"}
+PATHS = ("cached", "tiled", "distributed", "compiled")
+SETTINGS = {"cached": "chunks of {}", "tiled": "tiles of {}", "distributed": "{} processes",
+            "compiled": "torch.compile"}
 # The largest relative difference of a path that agrees. Float32 summation order alone gives up
 # to 2e-4 (measured on the tiny test BERT, wordllama-256 at batch 64 to 4,096 and MiniLM at
 # batch 32: README, "Checking a configuration"); an error (a gradient scaled by 1 %, one row's
@@ -125,15 +133,23 @@ class CheckReport:
                 "notes": self.notes, "dropout": "off", "precision": "fp32", "device": "cpu"}
 
 
-def check(config: TrainConfig, *, steps: int = 3, paths: Sequence[str] = PATHS,
+def default_paths(config: TrainConfig) -> list[str]:
+    """The paths ``check`` compares unless told: all but ``compiled``, and that one too when
+    ``config`` compiles."""
+    return [name for name in PATHS if name != "compiled" or config.train.compile]
+
+
+def check(config: TrainConfig, *, steps: int = 3, paths: Sequence[str] | None = None,
           tolerance: float = TOLERANCE) -> CheckReport:
-    """Run ``steps`` optimiser steps of ``config`` along ``plain`` and each of ``paths``, and
-    compare each with ``plain``. Nothing is written to ``config.output_dir``.
+    """Run ``steps`` optimiser steps of ``config`` along ``plain`` and each of ``paths``
+    (default: ``default_paths``), and compare each with ``plain``. Nothing is written to
+    ``config.output_dir``.
 
     Raises:
         ConfigError: an unknown path, or fewer than one step.
         ContralignError: bad data or a model that cannot be loaded (as ``fit`` raises them).
     """
+    paths = default_paths(config) if paths is None else paths
     unknown = sorted(set(paths) - set(PATHS))
     if unknown:
         raise ConfigError(f"--paths: unknown path {unknown[0]!r}; known: {', '.join(PATHS)}")
@@ -179,11 +195,13 @@ def _refused(config: TrainConfig, normalised: list[str], path: str) -> str | Non
 
 
 def reference_config(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The plain path's config (no cache, untiled, fp32, CPU, nothing written), and a note for
-    each setting of ``config`` that no path keeps (the cache and tiling have their own)."""
+    """The plain path's config (no cache, untiled, eager, fp32, CPU, nothing written), and a
+    note for each setting of ``config`` that no path keeps (the cache, tiling and compilation
+    have their own)."""
     train = config.train
     notes = [f"{key}: {old} -> {new}" for key, old, new in (
-        ("train.precision", train.precision, "fp32"), ("train.device", train.device, "cpu"))
+        ("train.precision", train.precision, "fp32"), ("train.device", train.device, "cpu"),
+        ("train.compile", train.compile, False))
         if old != new]
     objective = config.objective.model_dump()
     if "tiled" in objective:
@@ -192,7 +210,7 @@ def reference_config(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     data.update(objective=objective, output_dir=os.devnull, eval={},
                 data={**data["data"], "rejects": os.devnull})
     data["train"].update(grad_cache={"enabled": False}, precision="fp32", device="cpu",
-                         checkpoint_every=0)
+                         checkpoint_every=0, compile=False)
     return TrainConfig.model_validate(data), notes
 
 
@@ -206,7 +224,7 @@ def split_sizes(config: TrainConfig) -> dict[str, int]:
     tile = int(params.get("tile_size", batch)) if params.get("tiled") else batch
     third = math.ceil(batch / 3)
     return {"cached": chunk if chunk < batch else third,
-            "tiled": tile if tile < batch else third, "distributed": 2}
+            "tiled": tile if tile < batch else third, "distributed": 2, "compiled": batch}
 
 
 def build_check_task(config: TrainConfig, state: dict[str, Tensor] | None = None
@@ -287,6 +305,11 @@ def _run_path(name: str, config: TrainConfig, records: Sequence[Record],
     objective = config.objective.name
     if name == "cached":
         return run_steps(config, records, state, steps, chunk_size=size)
+    if name == "compiled":
+        compiled = config.model_copy(
+            update={"train": config.train.model_copy(update={"compile": True})})
+        check_compiler(compiled, torch.device("cpu"))
+        return run_steps(compiled, records, state, steps)
     if name == "tiled":
         if not OBJECTIVES[objective].tiled:
             tiled = [n for n, info in OBJECTIVES.items() if info.tiled]

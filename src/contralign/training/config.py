@@ -283,6 +283,9 @@ class LoopConfig(StrictConfig):
     threads: int | None = Field(default=None, gt=0)
     grad_cache: GradCacheConfig = GradCacheConfig()
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the towers, losses in fp32
+    # torch.compile the towers' training embeds (forward and backward; a CPU needs a C++
+    # compiler): faster steps, not bitwise eager (contralign check compares them)
+    compile: bool = False
     # Transformer towers embed each batch in length-sorted groups of at most this many padded
     # positions (encoders.lengths): equal embeddings, less padding. auto: 256 on CPUs, off on
     # GPUs (unmeasured there); null: one forward pass per batch.

@@ -35,6 +35,7 @@ from contralign.training.batches import loader_for, to_device
 from contralign.training.build import (
     build_model,
     build_task,
+    check_compiler,
     check_fast_paths,
     check_modalities,
     check_roles,
@@ -127,6 +128,7 @@ def fit(
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
     _check_precision(config, device)
+    check_compiler(config, device)
     created = init_process_group(device)
     try:
         run = open_run(config, resume=resume, overwrite=overwrite, writer=is_main_process(),

@@ -84,6 +84,9 @@ class ContrastiveTask(nn.Module):
             tower's groups are a random permutation of the rows (drawn from torch's generator,
             saved in checkpoints), so a query and its key are normalised with different rows.
             1: the whole batch at once.
+        compile: embed through ``torch.compile`` of the model's ``embed`` (inductor): the
+            forward and backward of every tower and training head run as generated kernels.
+            Not bitwise eager: ``contralign check`` compares the two (the ``compiled`` path).
 
     Raises:
         ValueError: an unknown precision or a ``bn_splits`` below 1.
@@ -92,7 +95,7 @@ class ContrastiveTask(nn.Module):
     def __init__(
         self, model: nn.Module, objective: nn.Module, *, momentum: float | None = None,
         views_only: bool = False, mask_duplicates: bool = True, precision: Precision = "fp32",
-        split: Split = "full", bn_splits: int = 1,
+        split: Split = "full", bn_splits: int = 1, compile: bool = False,
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
@@ -107,6 +110,9 @@ class ContrastiveTask(nn.Module):
         self.precision: Precision = precision
         self.split: Split = split
         self.bn_splits = bn_splits
+        # Only the training embeds are compiled: evaluation calls the model itself, eagerly,
+        # so dev sets of any batch size cost no recompilation.
+        self._embed = torch.compile(self.model.embed) if compile else self.model.embed
 
     @property
     def encoder(self) -> nn.Module:
@@ -155,9 +161,9 @@ class ContrastiveTask(nn.Module):
         inputs = role.inputs if rows is None else role.take(rows)
         keys = role.keys if rows is None or role.keys is None else role.keys[rows]
         if self.precision == "fp32":
-            return self.model.embed(role.tower, inputs, keys)
+            return self._embed(role.tower, inputs, keys)
         with torch.autocast(role.device.type, dtype=torch.bfloat16):
-            embeddings = self.model.embed(role.tower, inputs, keys)
+            embeddings = self._embed(role.tower, inputs, keys)
         return embeddings.float()  # the objective computes in float32
 
     def _embed_in_groups(self, role: Role) -> Tensor:
