@@ -47,7 +47,9 @@ def test_image_recipe_trains_end_to_end(recipe, tiny_sets: dict[str, Path], tmp_
                  "train.batch_size=16", "train.max_steps=2", "train.log_every=1",
                  f"eval.knn.train.path={tiny_sets['bank']}",
                  f"eval.knn.test.path={tiny_sets['test']}", "eval.knn.k=5",
-                 f"output_dir={tmp_path / 'run'}"]
+                 f"output_dir={tmp_path / 'run'}",
+                 # compiling takes most of a minute; tests/test_compile.py trains compiled
+                 "train.compile=false"]
     result = runner.invoke(app, ["train", recipe.name, "--data", str(tiny_sets["train"]),
                                  "--json", *[arg for o in overrides for arg in ("--set", o)]])
     assert result.exit_code == 0, result.output

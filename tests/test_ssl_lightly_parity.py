@@ -81,13 +81,19 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 
-def recipe_task(name: str, data: Path) -> tuple[ContrastiveTask, tuple[ImageView, ...]]:
+def recipe_task(name: str, data: Path, head_batch_norm: bool | None = None
+                ) -> tuple[ContrastiveTask, tuple[ImageView, ...]]:
     """The task ``contralign train <name>`` builds, with the ResNet at width 8 and no dev
-    evaluation, and the recipe's image views."""
+    evaluation (and the head's BatchNorm as given), and the recipe's image views."""
     raw = yaml.safe_load(find_config(name).read_text(encoding="utf-8"))
     raw.pop("eval", None)
+    if head_batch_norm is not None:
+        raw["model"]["head"]["batch_norm"] = head_batch_norm
     raw["model"]["name"] = f"resnet18-cifar-w{WIDTH}"
     raw["data"]["path"] = str(data)
+    # Eager, as lightly's step is: the compiled path is compared with the eager one by
+    # contralign check (tests/test_compile.py).
+    raw["train"]["compile"] = False
     config = TrainConfig.model_validate(raw)
     torch.manual_seed(0)
     task = build_task(config, build_model(config))
@@ -211,7 +217,9 @@ class LightlyMoCo(nn.Module):
 
 
 def test_moco_v2_step_matches_lightly_memory_bank_and_momentum(tiny_cifar: Path) -> None:
-    task, views = recipe_task("moco-v2-images", tiny_cifar)
+    # MoCo v2's head (lightly's MoCoProjectionHead) has no BatchNorm; the recipe's has (a MoCo
+    # v3 trait), and with BatchNorm lightly's head also normalises its output, unlike ours
+    task, views = recipe_task("moco-v2-images", tiny_cifar, head_batch_norm=False)
     # lightly's pieces normalise the whole batch; the recipe's shuffle-BN (bn_splits 8) is
     # tested against the towers on each group in tests/test_shuffle_bn.py
     task.bn_splits = 1
@@ -234,7 +242,7 @@ def test_moco_v2_step_matches_lightly_memory_bank_and_momentum(tiny_cifar: Path)
     theirs = reference.loss(batch["anchor"]["pixel_values"], batch["positive"]["pixel_values"])
     theirs.backward()
     torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=0.0)
-    assert ours.item() > 1.0  # 4,096 negatives: far from 0
+    assert ours.item() > 0.1  # 4,096 negatives: not the 0 of an empty queue
     assert_same_gradients(online_parameters(task), named(backbone, head))
     key_tower = task.model.towers["momentum"].encoder.backbone
     assert not any(p.grad is not None for p in key_tower.parameters())

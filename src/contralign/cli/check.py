@@ -67,7 +67,8 @@ def _print_report(report: CheckReport) -> None:
     console.print(table)
     console.print(f"Largest relative difference from the plain path in the loss of each step, "
                   f"the gradient of step 1 and the parameter updates; a path agrees when all "
-                  f"three are at most {report.tolerance:g}.", highlight=False)
+                  f"three are at most {report.tolerance:g} (or the tolerance its setting "
+                  "names).", highlight=False)
     for name, result in report.paths.items():
         if result.reason:
             console.print(f"{name}: {result.reason}", markup=False, highlight=False)
