@@ -12,9 +12,12 @@ import torch
 
 from contralign.core.errors import ConfigError
 from contralign.data import BatchCollator, BatchLoader, PairBatcher, Record
+from contralign.data import view_draws as draws
 from contralign.data.image_views import (
     IMAGE_VIEWS,
+    ImageView,
     ImageViews,
+    _jitter,
     augment,
     build_image_views,
     make_image_views,
@@ -74,6 +77,42 @@ def test_views_are_fixed_by_their_seeds_and_independent_of_the_batch(cifar):
     shuffled = augment(source[order], view, [seeds[i] for i in order])
     assert torch.equal(shuffled, first[order])
     assert not torch.equal(first, augment(source, view, [s + 1000 for s in seeds]))
+
+
+def kornia_jitter(x: torch.Tensor, view, seeds: list[int]) -> torch.Tensor:
+    """The reference: kornia's ``ColorJitter`` module, called once per drawn order on the
+    images that drew it (the module takes one order per call)."""
+    import kornia.augmentation as K
+
+    module = K.ColorJitter(*view.jitter, p=view.jitter_p)
+    params, orders = draws.jitter_params(draws.uniforms(seeds), view)
+    out = torch.empty_like(x)
+    for order in orders.unique(dim=0):
+        rows = (orders == order).all(dim=1).nonzero().squeeze(1)
+        group = {key: value[rows] for key, value in params.items()}
+        group["order"] = order
+        group["forward_input_shape"] = torch.tensor(list(x[rows].shape))
+        out[rows] = module(x[rows], params=group)
+    return out
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.0])
+def test_the_jitter_equals_kornias_module_bit_for_bit(cifar, strength):
+    """Each position of the order at once (``_jitter``) against kornia's module per order, on
+    colour images, grey ones (three equal channels, as Fashion-MNIST's) and values beyond
+    [0, 1] (the module clamps the images its gate selects, and only those)."""
+    view = make_image_views("simclr", strength=strength)[0]
+    colour = pixels_of(np.concatenate([cifar] * 8))  # (128, 3, 32, 32)
+    grey = colour.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+    seeds = list(range(7, 7 + 128))
+    for x in (colour, grey, colour * 1.2 - 0.1):
+        params, orders = draws.jitter_params(draws.uniforms(seeds), view)
+        assert len(orders.unique(dim=0)) > 12  # many orders in play
+        assert torch.equal(_jitter(x, params, orders), kornia_jitter(x, view, seeds))
+    # Hue alone at strength 0 (no image drew a shift) is skipped, as the module skips it.
+    flat = ImageView(jitter=(0.4, 0.4, 0.4, 0.0), jitter_p=1.0)
+    params, orders = draws.jitter_params(draws.uniforms(seeds), flat)
+    assert torch.equal(_jitter(colour, params, orders), kornia_jitter(colour, flat, seeds))
 
 
 def test_byol_views_are_asymmetric(cifar):

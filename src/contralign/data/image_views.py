@@ -237,22 +237,31 @@ def _check(view: str, key: str, value: Any) -> None:
 # --- applying views ---------------------------------------------------------------------------
 
 
+# The colour jitter's step in a pipeline (applied by ``_jitter``), its factors' keys in the order
+# of ``orders``' indices, and the factor of each that leaves an image as it is.
+JITTER = "jitter"
+JITTER_FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
+JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+
+
 @functools.lru_cache(maxsize=32)
 def _pipeline(view: ImageView, side: int) -> dict[str, Any]:
     """The kornia modules of ``view`` at ``side`` pixels by step, in the order they apply (one
-    set per process: kornia is imported here, in the DataLoader worker that uses it). A step
-    that never applies is left out."""
+    set per process: kornia is imported here, in the DataLoader worker that uses it), the
+    colour jitter as ``JITTER``. A step that never applies is left out."""
     import kornia.augmentation as K
 
     kernel = max(3, int(0.1 * side) // 2 * 2 + 1)  # odd, ~10% of the side (23 at 224 px)
     steps = {"flip": K.RandomHorizontalFlip(p=view.flip),
-             "jitter": K.ColorJitter(*view.jitter, p=view.jitter_p),
+             "jitter": JITTER,  # applied by ``_jitter``
              "grayscale": K.RandomGrayscale(p=view.grayscale),
              "blur": K.RandomGaussianBlur((kernel, kernel), draws.SIGMA, p=view.blur_for(side)),
              "solarize": K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize)}
     crop = K.RandomResizedCrop((side, side), scale=view.scale, ratio=draws.ASPECT,
                                cropping_mode="resample")
-    return {"crop": crop, **{name: step for name, step in steps.items() if step.p > 0}}
+    probability = {"jitter": view.jitter_p}
+    return {"crop": crop, **{name: step for name, step in steps.items()
+                             if probability.get(name, getattr(step, "p", 0.0)) > 0}}
 
 
 def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
@@ -272,7 +281,7 @@ def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
     out = pixels
     for name, module in _pipeline(view, side).items():
         if name == "jitter":
-            out = _jitter(module, out, *draws.jitter_params(u, view))
+            out = _jitter(out, *draws.jitter_params(u, view))
             continue
         params = (draws.crop_params(u, view, pixels.shape[-1], side) if name == "crop" else
                   draws.STEPS[name](u, module.p))
@@ -280,15 +289,36 @@ def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _jitter(module: Any, x: Tensor, params: dict[str, Tensor], orders: Tensor) -> Tensor:
-    """Colour jitter with each image's own order of its four adjustments: kornia takes one
-    order per call, so rows are grouped by the order they drew (``orders`` ``(B, 4)``)."""
-    out = torch.empty_like(x)
-    for order in orders.unique(dim=0):
-        rows = (orders == order).all(dim=1).nonzero().squeeze(1)
-        group = {key: value[rows] for key, value in params.items()}
-        group["order"] = order
-        out[rows] = module(x[rows], params=_shaped(group, x[rows].shape))
+def _jitter(x: Tensor, params: dict[str, Tensor], orders: Tensor) -> Tensor:
+    """kornia's ``ColorJitter`` with each image's own order of its four adjustments (``orders``
+    ``(B, 4)`` indices into brightness, contrast, saturation, hue).
+
+    The module takes one order per call, and grouping the images by the order they drew made up
+    to 24 calls of 4 adjustments (0.028 s a view of 256 28-px images on one core). Here each
+    position of the order runs each adjustment once on the images that drew it there: at most
+    16 batched calls (0.011 s) of the ``kornia.enhance`` functions the module applies, on the
+    images its gate selects, clamped to [0, 1] before and after; a step whose images all drew
+    its neutral factor is skipped, as the module skips it. Every adjustment acts on each image
+    alone, so the result equals the module's, bit for bit (tested).
+    """
+    from kornia import enhance
+
+    def hue(image: Tensor, turns: Tensor) -> Tensor:
+        return enhance.adjust_hue(image, turns * 2 * math.pi)
+
+    steps = (enhance.adjust_brightness_accumulative, enhance.adjust_contrast_with_mean_subtraction,
+             enhance.adjust_saturation_with_gray_subtraction, hue)
+    factors = torch.stack([params[key] for key in JITTER_FACTORS], dim=1)  # (B, 4)
+    chosen = (params["batch_prob"] > 0.5).nonzero().squeeze(1)
+    out = x.clone()
+    y, factors, orders = x[chosen].clamp(0.0, 1.0), factors[chosen], orders[chosen]
+    for position in range(4):
+        for step, adjust in enumerate(steps):
+            rows = (orders[:, position] == step).nonzero().squeeze(1)
+            factor = factors[rows, step]
+            if (factor != JITTER_NEUTRAL[step]).any():
+                y[rows] = adjust(y[rows], factor)
+    out[chosen] = y.clamp(0.0, 1.0)
     return out
 
 
