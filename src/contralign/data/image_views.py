@@ -294,7 +294,7 @@ def _jitter(x: Tensor, params: dict[str, Tensor], orders: Tensor) -> Tensor:
     ``(B, 4)`` indices into brightness, contrast, saturation, hue).
 
     The module takes one order per call, and grouping the images by the order they drew made up
-    to 24 calls of 4 adjustments (0.028 s a view of 256 28-px images on one core). Here each
+    to 24 calls of 4 adjustments (0.028 s a view of 256 28-px images on 2 cores). Here each
     position of the order runs each adjustment once on the images that drew it there: at most
     16 batched calls (0.011 s) of the ``kornia.enhance`` functions the module applies, on the
     images its gate selects, clamped to [0, 1] before and after; a step whose images all drew
