@@ -1,7 +1,8 @@
 """A training step of a recipe's image tower, eager and under ``torch.compile`` (``train.compile``).
 
 Builds the model ``contralign train RECIPE`` builds (tower and training head), embeds two
-batches of Fashion-MNIST images (the second flipped) with the recipe's NT-Xent loss, and times
+batches of Fashion-MNIST images (the second flipped) with NT-Xent (``objectives.multiview``) at
+the recipe's temperature, and times
 forward, backward and AdamW's step, eagerly and through ``torch.compile(model.embed)`` as the
 task compiles it; prints the seconds per step, the ratio, the first (compiling) step's time
 and the machine. Views, data loading and evaluation are left out: a whole run's gain is
@@ -15,16 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from common import cpu_model
 
 from contralign.core.config import load_config
 from contralign.data.idx import read_idx_labelled
+from contralign.objectives.multiview import nt_xent
 from contralign.training.build import build_model
 from contralign.training.config import TrainConfig
 from contralign.training.recipes import find_config
@@ -37,12 +38,11 @@ def timed(embed, model, pixels: torch.Tensor, steps: int, temperature: float
     """(first step's seconds, mean seconds of the next ``steps``)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     half = pixels.shape[0] // 2
-    target = torch.arange(half)
 
     def step() -> None:
-        views = F.normalize(embed("anchor", {"pixel_values": pixels}), dim=-1)  # (2B, D)
-        logits = views[:half] @ views[half:].T / temperature
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        embedded = embed("anchor", {"pixel_values": pixels})  # (2B, D): view 1, then view 2
+        loss = nt_xent(torch.stack([embedded[:half], embedded[half:]], dim=1),
+                       temperature=temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -56,15 +56,6 @@ def timed(embed, model, pixels: torch.Tensor, steps: int, temperature: float
     for _ in range(steps):
         step()
     return first, (time.perf_counter() - started) / steps
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -97,7 +88,7 @@ def main() -> None:
                                            / results["compiled"]["step_s"], 2)
     results["setting"] = {"recipe": args.recipe, "model": config.model.name,
                           "views": 2 * args.batch, "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "cpu": cpu_name(),
+                          "torch": torch.__version__, "cpu": cpu_model(),
                           "cores": os.cpu_count()}
     print(json.dumps(results, indent=2))
 

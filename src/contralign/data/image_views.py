@@ -237,31 +237,37 @@ def _check(view: str, key: str, value: Any) -> None:
 # --- applying views ---------------------------------------------------------------------------
 
 
-# The colour jitter's step in a pipeline (applied by ``_jitter``), its factors' keys in the order
-# of ``orders``' indices, and the factor of each that leaves an image as it is.
-JITTER = "jitter"
+# The colour jitter's factors' keys in the order of ``orders``' indices, and the factor of each
+# that leaves an image as it is.
 JITTER_FACTORS = ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")
 JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _ColourJitter:
+    """The colour jitter's step in a pipeline: its probability, as kornia's modules hold theirs
+    (``_jitter`` applies it)."""
+
+    p: float
 
 
 @functools.lru_cache(maxsize=32)
 def _pipeline(view: ImageView, side: int) -> dict[str, Any]:
     """The kornia modules of ``view`` at ``side`` pixels by step, in the order they apply (one
-    set per process: kornia is imported here, in the DataLoader worker that uses it), the
-    colour jitter as ``JITTER``. A step that never applies is left out."""
+    set per process: kornia is imported here, in the DataLoader worker that uses it; the colour
+    jitter a ``_ColourJitter``). A step that never applies is left out."""
     import kornia.augmentation as K
 
     kernel = max(3, int(0.1 * side) // 2 * 2 + 1)  # odd, ~10% of the side (23 at 224 px)
-    steps = {"flip": K.RandomHorizontalFlip(p=view.flip),
-             "jitter": JITTER,  # applied by ``_jitter``
-             "grayscale": K.RandomGrayscale(p=view.grayscale),
-             "blur": K.RandomGaussianBlur((kernel, kernel), draws.SIGMA, p=view.blur_for(side)),
-             "solarize": K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize)}
+    steps: dict[str, Any] = {
+        "flip": K.RandomHorizontalFlip(p=view.flip),
+        "jitter": _ColourJitter(p=view.jitter_p),
+        "grayscale": K.RandomGrayscale(p=view.grayscale),
+        "blur": K.RandomGaussianBlur((kernel, kernel), draws.SIGMA, p=view.blur_for(side)),
+        "solarize": K.RandomSolarize(thresholds=0.0, additions=0.0, p=view.solarize)}
     crop = K.RandomResizedCrop((side, side), scale=view.scale, ratio=draws.ASPECT,
                                cropping_mode="resample")
-    probability = {"jitter": view.jitter_p}
-    return {"crop": crop, **{name: step for name, step in steps.items()
-                             if probability.get(name, getattr(step, "p", 0.0)) > 0}}
+    return {"crop": crop, **{name: step for name, step in steps.items() if step.p > 0}}
 
 
 def augment(pixels: Tensor, view: ImageView, seeds: Sequence[int]) -> Tensor:
