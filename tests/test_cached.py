@@ -48,6 +48,7 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("cwcl", "cwcl", {"learnable_temperature": True}, "pairs"),
     ("one_to_k", "one_to_k", {}, "views"),
     ("moco", "moco", {"queue_size": 16, "momentum": 0.9}, "pairs"),
+    ("moco-symmetric", "moco", {"queue_size": 32, "momentum": 0.9, "symmetric": True}, "pairs"),
     ("swav", "swav", {"n_prototypes": 8}, "pairs"),
     ("whitened_cse", "whitened_cse", {"groups": 8}, "pairs"),
     ("conr", "conr", {"threshold": 1.0}, "scores"),
@@ -166,7 +167,7 @@ def test_cached_equals_plain_without_dropout(case, name, params, kind, tiny_mode
 
 
 DROPOUT_CASES = [c for c in CASES if c[0] in ("info_nce-simcse", "nt_xent", "moco",
-                                              "whitened_cse")]
+                                              "moco-symmetric", "whitened_cse")]
 
 
 @pytest.mark.parametrize(("case", "name", "params", "kind"), DROPOUT_CASES,

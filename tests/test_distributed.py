@@ -37,7 +37,7 @@ RTOL = 1e-5
 # Batches of the three steps: (rows, first record); 7 rows split 4 + 3 over two processes.
 STEPS = [(8, 0), (7, 8), (8, 15)]
 # The default suite's cases, with the gradient cache's chunk size each process uses (None: none).
-FAST = {"info_nce-hard_negatives": None, "whitened_cse": 2, "moco": 3}
+FAST = {"info_nce-hard_negatives": None, "whitened_cse": 2, "moco": 3, "moco-symmetric": 3}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -41,6 +41,8 @@ class ObjectiveInfo:
         paper: the arXiv ids it follows.
         summary: one line on what it does.
         momentum_keys: keys come from a momentum copy of the tower (MoCo).
+        swappable: takes ``symmetric: true`` (a task setting): each view is also embedded by the
+            other's tower, so each item is scored in both directions (MoCo's symmetric loss).
         optional_momentum_keys: ``momentum: m`` may take the keys from a momentum copy (1.0: a
             frozen copy, as in LiT).
         split: how it is split over processes (``Split``); a tiled loss is always ``full``.
@@ -52,6 +54,7 @@ class ObjectiveInfo:
     paper: str
     summary: str
     momentum_keys: bool = False
+    swappable: bool = False
     optional_momentum_keys: bool = False
     split: Split = "full"
     tiled: bool = False
@@ -152,7 +155,7 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         "contralign.objectives.momentum.MoCoLoss", ("key",),
         "arXiv:1911.05722 (MoCo); arXiv:2003.04297 (MoCo v2)",
         "InfoNCE against a FIFO queue of keys from a momentum copy of the tower.",
-        momentum_keys=True, split="local",
+        momentum_keys=True, swappable=True, split="local",
     ),
     "simsiam": ObjectiveInfo(
         "contralign.objectives.predictive.SimSiamLoss", ("key",), "arXiv:2011.10566 (SimSiam)",

@@ -136,6 +136,7 @@ def build_task(config: TrainConfig, model: AlignmentModel | Tower) -> Contrastiv
                            mask_duplicates=config.objective.mask_duplicates,
                            split=info.split_for(config.objective.params),
                            bn_splits=config.objective.bn_splits,
+                           symmetric=config.objective.symmetric,
                            compile=config.train.compile)
 
 

@@ -180,6 +180,8 @@ class ObjectiveConfig(StrictConfig):
             accepted["momentum"] = (float, 0.999 if info.momentum_keys else None)
         if info.momentum_keys:
             accepted["bn_splits"] = (Annotated[int, Field(ge=1)], 1)
+        if info.swappable:
+            accepted["symmetric"] = (bool, False)
         extra = self.__pydantic_extra__ or {}
         for key, value in extra.items():
             if key not in accepted:
@@ -201,7 +203,7 @@ class ObjectiveConfig(StrictConfig):
     @property
     def params(self) -> dict[str, Any]:
         """The objective module's own parameters (every key but ``name`` and the task's)."""
-        task_keys = ("momentum", "mask_duplicates", "bn_splits")
+        task_keys = ("momentum", "mask_duplicates", "bn_splits", *self._swap_key)
         return {k: v for k, v in (self.model_extra or {}).items() if k not in task_keys}
 
     @property
@@ -215,6 +217,19 @@ class ObjectiveConfig(StrictConfig):
         ``bn_splits`` groups of the batch apart, the keys' groups drawn at random; 1 = the whole
         batch."""
         return int((self.model_extra or {}).get("bn_splits", 1))
+
+    @property
+    def _swap_key(self) -> tuple[str, ...]:
+        # ``symmetric`` is a task setting for a swappable objective (MoCo), but info_nce's own
+        # parameter (its key -> query direction).
+        return ("symmetric",) if OBJECTIVES[self.name].swappable else ()
+
+    @property
+    def symmetric(self) -> bool:
+        """Score each item in both directions (a swappable objective, MoCo): the anchor's view
+        against the positive's key, and the positive's view against the anchor's key (the
+        authors' CIFAR demo)."""
+        return bool(self._swap_key and (self.model_extra or {}).get("symmetric", False))
 
     @property
     def momentum(self) -> float | None:

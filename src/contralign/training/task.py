@@ -30,8 +30,10 @@ class Role:
     """One preprocessed input of a batch, and the tower that embeds it.
 
     Attributes:
-        name: ``"anchor"``, ``"positive"``, ``"view.<v>"``, ``"negative.<k>"`` or
-            ``"teacher"`` (the anchors again, for the teacher's tower).
+        name: ``"anchor"``, ``"positive"``, ``"view.<v>"``, ``"negative.<k>"``,
+            ``"teacher"`` (the anchors again, for the teacher's tower), or ``"swapped.anchor"``
+            / ``"swapped.positive"`` (a symmetric task's positives through the anchor's tower
+            and anchors through the positive's).
         inputs: the preprocessed items: tensors whose first dimension is the batch (B rows).
         tower: the model role whose tower embeds it: ``"anchor"``, ``"positive"`` or
             ``"teacher"``.
@@ -84,6 +86,12 @@ class ContrastiveTask(nn.Module):
             tower's groups are a random permutation of the rows (drawn from torch's generator,
             saved in checkpoints), so a query and its key are normalised with different rows.
             1: the whole batch at once.
+        symmetric: also embed the positives with the anchor's tower and the anchors with the
+            positive's, and score both directions (MoCo's symmetric loss, the authors' CIFAR
+            demo and lightly's benchmark): the objective gets ``2B`` rows, each item's two
+            directions on consecutive rows (so the rows of several processes, gathered in rank
+            order, are those of one process), and its mean over rows is the mean of the two
+            directions' losses.
         compile: embed through ``torch.compile`` of the model's ``embed`` (inductor): the
             forward and backward of every tower and training head run as generated kernels.
             Not bitwise eager: ``contralign check`` compares the two (the ``compiled`` path).
@@ -95,7 +103,8 @@ class ContrastiveTask(nn.Module):
     def __init__(
         self, model: nn.Module, objective: nn.Module, *, momentum: float | None = None,
         views_only: bool = False, mask_duplicates: bool = True, precision: Precision = "fp32",
-        split: Split = "full", bn_splits: int = 1, compile: bool = False,
+        split: Split = "full", bn_splits: int = 1, symmetric: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
@@ -110,6 +119,7 @@ class ContrastiveTask(nn.Module):
         self.precision: Precision = precision
         self.split: Split = split
         self.bn_splits = bn_splits
+        self.symmetric = symmetric
         # Only the training embeds are compiled: evaluation calls the model itself, eagerly,
         # so dev sets of any batch size cost no recompilation.
         self._embed = torch.compile(self.model.embed) if compile else self.model.embed
@@ -131,15 +141,18 @@ class ContrastiveTask(nn.Module):
 
     def roles(self, batch: dict[str, Any]) -> list[Role]:
         """What ``batch`` asks to embed, in the order the plain path embeds it (the order in
-        which dropout draws its masks): anchor, positive (or the views), extra views, negatives,
-        and the teacher's copy of the anchors when the model has a teacher (locked, in eval
-        mode: it draws nothing)."""
+        which dropout draws its masks): anchor, positive (or the views), a symmetric task's
+        swapped pair, extra views, negatives, and the teacher's copy of the anchors when the
+        model has a teacher (locked, in eval mode: it draws nothing)."""
         named = [("anchor", batch["anchor"], "anchor")]
         if self.views_only:
             inputs = batch.get("views") or [batch["positive"]]
             named += [(f"view.{v}", x, "positive") for v, x in enumerate(inputs)]
         else:
             named.append(("positive", batch["positive"], "positive"))
+            if self.symmetric:
+                named += [("swapped.anchor", batch["positive"], "anchor"),
+                          ("swapped.positive", batch["anchor"], "positive")]
             extra = batch.get("views", [])[2:]  # views 0 and 1 are the anchor and the positive
             named += [(f"view.{v}", x, "anchor") for v, x in enumerate(extra, start=2)]
         named += [(f"negative.{k}", x, "positive")
@@ -212,7 +225,7 @@ class ContrastiveTask(nn.Module):
             embedded.query_ids = batch["anchor_ids"]
             embedded.key_ids = batch["positive_ids"]
             embedded.negative_ids = batch.get("negative_ids")
-        return embedded
+        return _with_swapped(embedded, embeddings) if self.symmetric else embedded
 
     def loss(self, embedded: Embedded, rows: slice | None = None) -> Tensor:
         """The objective's loss; with ``rows``, that of those anchor rows only (objectives
@@ -228,3 +241,25 @@ class ContrastiveTask(nn.Module):
     def after_step(self) -> None:
         """Called after each optimiser step: moves every momentum copy towards its tower."""
         self.model.after_step()
+
+
+def _with_swapped(embedded: Embedded, embeddings: dict[str, Tensor]) -> Embedded:
+    """A symmetric task's ``2B`` rows: item b's anchor -> positive direction on row 2b, its
+    positive -> anchor direction on row 2b + 1 (queries ``(2B, D)``, keys ``(2B, D)``, the ids
+    swapped likewise, labels and scores repeated). Views and negatives are not carried: the
+    objectives that take ``symmetric`` (``ObjectiveInfo.swappable``) read queries and keys."""
+    def pairs(first: Tensor | None, second: Tensor | None) -> Tensor | None:
+        if first is None or second is None:
+            return None
+        return torch.stack([first, second], dim=1).flatten(0, 1)  # (B, 2, ...) -> (2B, ...)
+
+    def twice(rows: Tensor | None) -> Tensor | None:
+        return None if rows is None else rows.repeat_interleave(2, dim=0)
+
+    query = pairs(embedded.query, embeddings["swapped.anchor"])
+    assert query is not None
+    return Embedded(query, pairs(embedded.key, embeddings["swapped.positive"]),
+                    labels=twice(embedded.labels), scores=twice(embedded.scores),
+                    query_ids=pairs(embedded.query_ids, embedded.key_ids),
+                    key_ids=pairs(embedded.key_ids, embedded.query_ids),
+                    targets=twice(embedded.targets))
