@@ -242,7 +242,8 @@ def test_moco_v2_step_matches_lightly_memory_bank_and_momentum(tiny_cifar: Path)
     theirs = reference.loss(batch["anchor"]["pixel_values"], batch["positive"]["pixel_values"])
     theirs.backward()
     torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=0.0)
-    assert ours.item() > 0.1  # 4,096 negatives: not the 0 of an empty queue
+    # 4,096 negatives: not the exact 0 of an empty queue (the recipe's T 0.07 makes it small)
+    assert ours.item() > 1e-3
     assert_same_gradients(online_parameters(task), named(backbone, head))
     key_tower = task.model.towers["momentum"].encoder.backbone
     assert not any(p.grad is not None for p in key_tower.parameters())
