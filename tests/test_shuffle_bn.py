@@ -112,12 +112,13 @@ def test_the_fast_paths_refuse_bn_splits(tmp_path: Path, path: str):
         check_fast_paths(config, build_model(config), 2 if path == "torchrun" else 1)
 
 
-def test_a_moco_run_with_shuffle_bn_trains(tmp_path: Path):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_moco_run_with_shuffle_bn_trains(tmp_path: Path, symmetric: bool):
     from contralign.training.loop import fit
 
     images = (np.random.default_rng(0).random((24, 28, 28)) * 255).astype(np.uint8)
     np.savez(tmp_path / "train.npz", images=images)
-    config = moco_config(tmp_path, bn_splits=2)
+    config = moco_config(tmp_path, bn_splits=2, symmetric=symmetric)
     config.train.batch_size, config.train.max_steps = 8, 2
     config.output_dir = str(tmp_path / "run")
     result = fit(config)
