@@ -139,6 +139,16 @@ def test_blur_is_dropped_at_cifar_size_unless_asked():
     assert [v.scale for v in swav[1:3]] == [(0.14, 1.0), (0.05, 0.14)]
 
 
+
+def test_moco_v2_is_simclr_at_its_crop_and_strength():
+    """MoCo v2's `aug_plus` is SimCLR's pipeline at crop area 0.2-1 and strength 0.5; its
+    `strength` (1.0 in `moco-v2-images`) scales the jitter as SimCLR's does."""
+    assert make_image_views("moco-v2")[0].jitter == (0.4, 0.4, 0.4, 0.1)
+    for strength in (0.5, 1.0):
+        assert make_image_views("moco-v2", strength=strength) == make_image_views(
+            "simclr", scale=[0.2, 1.0], strength=strength)
+    assert make_image_views("moco-v2", strength=1.0)[0].jitter == (0.8, 0.8, 0.8, 0.2)
+
 def _records(images: np.ndarray) -> list[Record]:
     from contralign.core.items import ImageItem
 

@@ -220,7 +220,7 @@ def test_moco_v2_step_matches_lightly_memory_bank_and_momentum(tiny_cifar: Path)
     # MoCo v2's head (lightly's MoCoProjectionHead) has no BatchNorm; the recipe's has (a MoCo
     # v3 trait), and with BatchNorm lightly's head also normalises its output, unlike ours
     task, views = recipe_task("moco-v2-images", tiny_cifar, head_batch_norm=False)
-    # lightly's pieces normalise the whole batch; the recipe's shuffle-BN (bn_splits 8) is
+    # lightly's pieces normalise the whole batch; the recipe's shuffle-BN (bn_splits 4) is
     # tested against the towers on each group in tests/test_shuffle_bn.py
     task.bn_splits = 1
     # In float64: at the recipe's T 0.07 float32 sums in another order already differ by 1.2e-5

@@ -10,7 +10,8 @@ batch (``kornia.augmentation``: batched, needs only torch):
   10% of the side, sigma 0.1-2). For CIFAR the paper drops the blur: with ``blur`` unset, views
   of 32 px or less are not blurred. Two views.
 * ``moco-v2`` (Chen et al. 2020, arXiv:2003.04297; the authors' ``aug_plus``): as SimCLR with
-  crop scale 0.2-1 and jitter (0.4, 0.4, 0.4, 0.1). Two views.
+  crop scale 0.2-1 and jitter (0.4, 0.4, 0.4, 0.1) (strength 0.5; ``strength`` sets it as
+  SimCLR's). Two views.
 * ``swav`` (Caron et al. 2020, arXiv:2006.09882): multi-crop: 2 global views at the tower's
   size (scale 0.14-1) and ``local_crops`` (6) local views at ``local_size`` (96/224 of the
   global side; scale 0.05-0.14), SimCLR's colour distortion at strength 1 and blur p = 0.5.
@@ -123,11 +124,11 @@ def simclr(size: int | None = None, scale: tuple[float, float] = (0.08, 1.0),
 
 
 def moco_v2(size: int | None = None, scale: tuple[float, float] = (0.2, 1.0),
-            blur: float | None = None, views: int = 2) -> tuple[ImageView, ...]:
-    """MoCo v2's views (arXiv:2003.04297): crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1), blur 0.5."""
-    view = ImageView(size=size, scale=_pair(scale), jitter=(0.4, 0.4, 0.4, 0.1),
-                     **_blur(blur, 0.5))
-    return (view,) * views
+            strength: float = 0.5, blur: float | None = None, views: int = 2
+            ) -> tuple[ImageView, ...]:
+    """MoCo v2's views (arXiv:2003.04297): crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1) (SimCLR's
+    strength 0.5), blur 0.5."""
+    return simclr(size, scale, strength, blur, views)
 
 
 def swav(size: int | None = None, local_size: int | None = None, local_crops: int = 6,
